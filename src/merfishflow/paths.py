@@ -1,0 +1,102 @@
+"""One object that knows every path of an experiment (raw data and datastore).
+
+Rules, scripts, tests and the CLI all build paths here and nowhere else, so the
+on-disk layout of DESIGN.md §2 has exactly one home. Methods take the fixed
+names (``"tile0000"``, ``"round0000"``, ``"bit001"``) so that the same call
+builds a concrete path or, given ``"{tile}"``, a Snakemake pattern.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+
+def inside(base: Path, relative: str, what: str) -> Path:
+    """``base / relative``, refusing names that would escape ``base``.
+
+    Parameters
+    ----------
+    base : Path
+        Directory the result must stay in.
+    relative : str
+        A relative path taken from user input (config or metadata).
+    what : str
+        Where the name came from, for the error message.
+    """
+    if os.path.isabs(relative) or ".." in Path(relative).parts or relative.strip() == "":
+        raise InputError(f"{what}: {relative!r} must be a relative name inside {base} (no absolute path, no '..')")
+    return base / relative
+
+
+@dataclass(frozen=True)
+class ExperimentPaths:
+    """Paths of one experiment: ``<root>/raw_data`` (read-only) and ``<root>/qi2labdatastore``."""
+
+    root: Path
+
+    def __init__(self, root):
+        object.__setattr__(self, "root", Path(root))
+
+    # raw data -----------------------------------------------------------------
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw_data"
+
+    @property
+    def experiment_yaml(self) -> Path:
+        return self.raw / "experiment.yaml"
+
+    @property
+    def codebook_csv(self) -> Path:
+        return self.raw / "codebook.csv"
+
+    @property
+    def exp_order_csv(self) -> Path:
+        return self.raw / "exp_order.csv"
+
+    @property
+    def stage_positions_csv(self) -> Path:
+        return self.raw / "stage_positions.csv"
+
+    def raw_file(self, name: str, what: str) -> Path:
+        """An optional raw_data file named in experiment.yaml (checked to stay inside raw_data)."""
+        return inside(self.raw, name, what)
+
+    def raw_tiff(self, tile: str, round_: str) -> Path:
+        return self.raw / tile / f"{round_}.tif"
+
+    @property
+    def ground_truth(self) -> Path:
+        return self.root / "ground_truth"
+
+    # datastore ----------------------------------------------------------------
+    @property
+    def datastore(self) -> Path:
+        return self.root / "qi2labdatastore"
+
+    @property
+    def datastore_json(self) -> Path:
+        return self.datastore / "datastore.json"
+
+    @property
+    def calibrations(self) -> Path:
+        return self.datastore / "calibrations.zarr"
+
+    def fiducial_group(self, tile: str, round_: str) -> Path:
+        return self.datastore / "polyDT" / tile / f"{round_}.zarr"
+
+    def readout_group(self, tile: str, bit: str) -> Path:
+        return self.datastore / "readouts" / tile / f"{bit}.zarr"
+
+    @property
+    def provenance(self) -> Path:
+        return self.datastore / "provenance"
+
+
+def marker(group: Path) -> Path:
+    """The ``.zattrs`` of a zarr group or array: the completion marker of whoever owns it."""
+    return Path(group) / ".zattrs"

@@ -1,0 +1,98 @@
+"""Point spread function model shared by the simulator and deconvolution.
+
+The PSF is the vectorial model of Aguet et al. (2009) as implemented by
+psfmodels, which accounts for the refractive-index mismatch between immersion
+medium and sample; both the simulator and the pipeline call :func:`widefield_psf`
+so that deconvolution uses exactly the model the data was rendered with.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+
+
+def psf_shape_zyx(voxel_size_zyx_um, emission_um, numerical_aperture, *, n_fwhm=4.0):
+    """Odd PSF support (z, y, x) covering about ``n_fwhm`` FWHMs in each axis.
+
+    Parameters
+    ----------
+    voxel_size_zyx_um : sequence of 3 float
+        Voxel size in µm.
+    emission_um : float
+        Emission wavelength in µm.
+    numerical_aperture : float
+        Objective NA.
+    n_fwhm : float
+        Support as a multiple of the diffraction-limited FWHM.
+
+    Returns
+    -------
+    tuple of 3 int
+        Odd sizes, at least 3 in every axis.
+    """
+    dz, dy, _ = (float(v) for v in voxel_size_zyx_um)
+    lateral_fwhm = 0.51 * emission_um / numerical_aperture
+    axial_fwhm = 1.77 * emission_um / numerical_aperture**2
+    nz = max(3, int(np.ceil(n_fwhm * axial_fwhm / dz)) | 1)
+    nxy = max(3, int(np.ceil(n_fwhm * 2 * lateral_fwhm / dy)) | 1)
+    return nz, nxy, nxy
+
+
+def widefield_psf(
+    voxel_size_zyx_um,
+    emission_um,
+    numerical_aperture,
+    immersion_ri,
+    sample_ri=None,
+    shape_zyx=None,
+):
+    """Widefield PSF on the camera's voxel grid, normalized to unit sum.
+
+    Parameters
+    ----------
+    voxel_size_zyx_um : sequence of 3 float
+        (dz, dy, dx) in µm; dy must equal dx.
+    emission_um : float
+        Emission wavelength in µm.
+    numerical_aperture : float
+        Objective NA; must be below the immersion refractive index.
+    immersion_ri : float
+        Immersion medium refractive index (design and actual).
+    sample_ri : float, optional
+        Sample refractive index; defaults to ``immersion_ri``.
+    shape_zyx : tuple of 3 odd int, optional
+        PSF support; defaults to :func:`psf_shape_zyx`.
+
+    Returns
+    -------
+    ndarray of float32, shape ``shape_zyx``
+        The PSF, centred, non-negative, summing to 1.
+    """
+    import psfmodels
+
+    dz, dy, dx = (float(v) for v in voxel_size_zyx_um)
+    if not np.isclose(dy, dx):
+        raise InputError(f"voxel_size_zyx_um: y and x pixel sizes must be equal for the PSF model, got {dy} and {dx}")
+    if not 0 < numerical_aperture < immersion_ri:
+        raise InputError(
+            f"microscope.numerical_aperture={numerical_aperture} must be positive and below "
+            f"immersion_refractive_index={immersion_ri}"
+        )
+    sample_ri = immersion_ri if sample_ri is None else sample_ri
+    if shape_zyx is None:
+        shape_zyx = psf_shape_zyx(voxel_size_zyx_um, emission_um, numerical_aperture)
+    nz, ny, nx = shape_zyx
+    if nz % 2 == 0 or ny % 2 == 0 or ny != nx:
+        raise InputError(f"PSF shape must be odd in every axis with ny == nx, got {shape_zyx}")
+    psf = psfmodels.vectorial_psf_centered(
+        nz=nz,
+        dz=dz,
+        nx=nx,
+        dxy=dx,
+        wvl=float(emission_um),
+        params={"NA": float(numerical_aperture), "ni": float(immersion_ri), "ni0": float(immersion_ri), "ns": float(sample_ri)},
+    )
+    psf = np.clip(np.asarray(psf, dtype=np.float64), 0, None)
+    return (psf / psf.sum()).astype(np.float32)

@@ -1,0 +1,92 @@
+"""Deterministic, atomic file writers (temp file in the same folder + os.replace).
+
+Nothing written here carries a timestamp, host name or absolute path, so the
+same inputs always give byte-identical files; a reader never sees a half-written
+file under its final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def _temp_path(path):
+    # Same folder (os.replace must not cross file systems) and same suffix
+    # (writers that look at the extension behave the same).
+    return path.with_name(f".tmp-{path.name}")
+
+
+def atomic(path, write):
+    """Call ``write(temp_path)``, then move the temp file onto ``path``.
+
+    Parameters
+    ----------
+    path : str or Path
+        Final file name.
+    write : callable(Path)
+        Writes the complete file at the given path.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = _temp_path(path)
+    try:
+        write(temp)
+        os.replace(temp, path)
+    finally:
+        if temp.exists():
+            temp.unlink()
+    return path
+
+
+def write_text(path, text):
+    """Write UTF-8 text with ``\\n`` line endings."""
+    return atomic(path, lambda p: p.write_bytes(text.encode("utf-8")))
+
+
+def write_json(path, obj):
+    """Pretty-printed JSON (key order as given) with a final newline."""
+    return write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_yaml(path, obj):
+    """YAML in the given key order; mappings as blocks, lists of scalars inline (``[0.31, 0.108, 0.108]``)."""
+    import yaml
+
+    class _Dumper(yaml.SafeDumper):
+        pass
+
+    def _list(dumper, data):
+        flow = all(not isinstance(v, (dict, list)) for v in data)
+        return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+    _Dumper.add_representer(list, _list)
+    return write_text(path, yaml.dump(obj, Dumper=_Dumper, sort_keys=False, default_flow_style=False))
+
+
+def write_csv(path, header, rows):
+    """Plain comma-separated file; values are written with ``str``."""
+    lines = [",".join(header)] + [",".join(str(v) for v in row) for row in rows]
+    return write_text(path, "\n".join(lines) + "\n")
+
+
+def write_tiff(path, data):
+    """Multi-page TIFF via ``tifffile.imwrite(path, data)`` (no date/time tag)."""
+    import tifffile
+
+    return atomic(path, lambda p: tifffile.imwrite(p, np.ascontiguousarray(data)))
+
+
+def write_parquet(path, table):
+    """A pyarrow Table as Parquet (no pandas metadata)."""
+    import pyarrow.parquet as pq
+
+    return atomic(path, lambda p: pq.write_table(table, p))
