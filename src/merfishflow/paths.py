@@ -97,6 +97,19 @@ class ExperimentPaths:
         return self.datastore / "provenance"
 
 
+def experiment_of(path) -> Path:
+    """The experiment folder of any path under its ``raw_data/`` or ``qi2labdatastore/``.
+
+    Jobs take their experiment from their own input or output paths, so a
+    rule never passes a path prefix as a parameter.
+    """
+    path = Path(path)
+    for parent in path.parents:
+        if parent.name in ("raw_data", "qi2labdatastore"):
+            return parent.parent
+    raise InputError(f"{path}: not inside an experiment's raw_data/ or qi2labdatastore/ folder")
+
+
 def marker(group: Path) -> Path:
     """The ``.zattrs`` of a zarr group or array: the completion marker of whoever owns it."""
     return Path(group) / ".zattrs"

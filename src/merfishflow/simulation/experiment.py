@@ -12,17 +12,19 @@ import pyarrow as pa
 from scipy import ndimage as ndi
 
 from ..errors import InputError
+from ..metadata import Channel, Experiment
 from ..naming import codebook_bit_column, round_name, tile_name
 from ..psf import widefield_psf
-from . import files
+from .. import fileio as files
 from .camera import Camera
 from .codebook import codeword_names, make_codebook
 from .params import SimulationParams
 from .render import FrameRenderer, PolyDTTexture, TileScene, tile_patch
 from .scene import SECTION_MARGIN_UM, make_cells, make_spots, place_molecules
-from .tiles import make_tile_layout
+from .tiles import make_tile_layout, nominal_grid
 from .transforms import CONVENTION, make_round_transforms
 
+DARK_FRAME_FILE = "camera_dark_frame.tif"
 # Lattice-noise stream ids (independent fields of one seed).
 _STREAM_CELL_SHAPE = 1
 _STREAM_TEXTURE = 10
@@ -224,19 +226,57 @@ def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite
     return out
 
 
+def planned_experiment(params) -> Experiment:
+    """The metadata a simulation will write, known before it runs (no codebook).
+
+    The workflow is built from it when the config asks for a simulated
+    experiment, and the simulator writes exp_order.csv and
+    stage_positions.csv from it, so the two always agree.
+
+    Parameters
+    ----------
+    params : SimulationParams or dict or None
+
+    Returns
+    -------
+    merfishflow.metadata.Experiment
+        With empty ``gene_ids`` and ``codewords``.
+    """
+    p = _as_params(params)
+    n_ro = p.n_readout_channels
+    _, nominal = nominal_grid(p.n_tiles_yx, p.image_shape_zyx, p.voxel_size_zyx_um, p.tile_overlap_fraction)
+    return Experiment(
+        voxel_size_zyx_um=tuple(p.voxel_size_zyx_um),
+        image_shape_zyx=tuple(p.image_shape_zyx),
+        tile_overlap_fraction=p.tile_overlap_fraction,
+        numerical_aperture=p.numerical_aperture,
+        immersion_refractive_index=p.immersion_refractive_index,
+        sample_refractive_index=p.sample_refractive_index,
+        e_per_adu=p.e_per_adu,
+        offset_adu=p.offset_adu,
+        dark_frame=DARK_FRAME_FILE,
+        hot_pixel_map=None,
+        channels=tuple(Channel(*c) for c in p.channels),
+        exp_order=tuple(tuple(k * n_ro + c + 1 for c in range(n_ro)) for k in range(p.n_rounds)),
+        gene_ids=(),
+        codewords=(),
+        stage_positions_um=tuple(tuple(float(v) for v in row) for row in nominal),
+    )
+
+
 def _write_static_raw(raw, p, codebook, names, layout, camera, channels):
+    plan = planned_experiment(p)
     header = ["gene_id"] + [codebook_bit_column(b + 1) for b in range(p.n_bits)]
     codebook_rows = [[name] + [int(v) for v in row] for name, row in zip(names, codebook)]
     readouts = [name for name, role, _, _ in channels if role == "readout"]
-    n_ro = len(readouts)
-    order_rows = [[k] + [k * n_ro + c + 1 for c in range(n_ro)] for k in range(p.n_rounds)]
-    stage_rows = [[t] + [f"{v:.6f}" for v in layout.nominal_um[t]] for t in range(layout.n_tiles)]
+    order_rows = [[k] + list(bits) for k, bits in enumerate(plan.exp_order)]
+    stage_rows = [[t] + [f"{v:.6f}" for v in pos] for t, pos in enumerate(plan.stage_positions_um)]
     return {
         "codebook": files.write_csv(raw / "codebook.csv", header, codebook_rows),
         "exp_order": files.write_csv(raw / "exp_order.csv", ["round"] + readouts, order_rows),
         "stage_positions": files.write_csv(raw / "stage_positions.csv",
                                            ["tile", "stage_z_um", "stage_y_um", "stage_x_um"], stage_rows),
-        "dark_frame": files.write_tiff(raw / "camera_dark_frame.tif", camera.dark_frame),
+        "dark_frame": files.write_tiff(raw / DARK_FRAME_FILE, camera.dark_frame),
     }
 
 
@@ -254,7 +294,7 @@ def _experiment_yaml(p, channels):
         "camera": {
             "e_per_adu": p.e_per_adu,
             "offset_adu": p.offset_adu,
-            "dark_frame": "camera_dark_frame.tif",
+            "dark_frame": DARK_FRAME_FILE,
             "hot_pixel_map": None,
         },
         "channels": [

@@ -37,6 +37,28 @@ class TileLayout:
         return len(self.true_um)
 
 
+def nominal_grid(n_tiles_yx, image_shape_zyx, voxel_size_zyx_um, overlap_fraction):
+    """Row-major tile grid and the nominal stage positions written to stage_positions.csv.
+
+    Returns
+    -------
+    grid_yx : ndarray of int, shape (n_tiles, 2)
+    nominal_um : ndarray, shape (n_tiles, 3)
+        Rounded to the 6 decimals the CSV keeps, so that the positions known
+        before simulating equal the ones read back from the file.
+    """
+    ny, nx = n_tiles_yx
+    _, sy, sx = image_shape_zyx
+    _, dy, dx = voxel_size_zyx_um
+    step_y = sy * dy * (1.0 - overlap_fraction)
+    step_x = sx * dx * (1.0 - overlap_fraction)
+    grid = np.array([(i, j) for i in range(ny) for j in range(nx)], dtype=np.int64).reshape(-1, 2)
+    nominal = np.zeros((len(grid), 3))
+    nominal[:, 1] = grid[:, 0] * step_y
+    nominal[:, 2] = grid[:, 1] * step_x
+    return grid, np.vectorize(lambda v: float(f"{v:.6f}"))(nominal).astype(np.float64).reshape(nominal.shape)
+
+
 def make_tile_layout(n_tiles_yx, image_shape_zyx, voxel_size_zyx_um, overlap_fraction, stage_error_sd_um, rng):
     """Row-major grid of tiles with the given overlap and random stage errors.
 
@@ -59,15 +81,7 @@ def make_tile_layout(n_tiles_yx, image_shape_zyx, voxel_size_zyx_um, overlap_fra
     -------
     TileLayout
     """
-    ny, nx = n_tiles_yx
-    _, sy, sx = image_shape_zyx
-    _, dy, dx = voxel_size_zyx_um
-    step_y = sy * dy * (1.0 - overlap_fraction)
-    step_x = sx * dx * (1.0 - overlap_fraction)
-    grid = np.array([(i, j) for i in range(ny) for j in range(nx)], dtype=np.int64).reshape(-1, 2)
-    nominal = np.zeros((len(grid), 3))
-    nominal[:, 1] = grid[:, 0] * step_y
-    nominal[:, 2] = grid[:, 1] * step_x
+    grid, nominal = nominal_grid(n_tiles_yx, image_shape_zyx, voxel_size_zyx_um, overlap_fraction)
     sd = np.array([Z_ERROR_FRACTION, 1.0, 1.0]) * stage_error_sd_um
     error = rng.normal(size=nominal.shape) * sd
     return TileLayout(nominal_um=nominal, true_um=nominal + error, grid_yx=grid)

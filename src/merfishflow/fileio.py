@@ -16,8 +16,9 @@ import numpy as np
 
 def _temp_path(path):
     # Same folder (os.replace must not cross file systems) and same suffix
-    # (writers that look at the extension behave the same).
-    return path.with_name(f".tmp-{path.name}")
+    # (writers that look at the extension behave the same); the process id
+    # keeps two writers of the same file (a crashed job and its rerun) apart.
+    return path.with_name(f".tmp{os.getpid()}-{path.name}")
 
 
 def atomic(path, write):
@@ -52,9 +53,15 @@ def write_text(path, text):
     return atomic(path, lambda p: p.write_bytes(text.encode("utf-8")))
 
 
-def write_json(path, obj):
-    """Pretty-printed JSON (key order as given) with a final newline."""
-    return write_text(path, json.dumps(obj, indent=2) + "\n")
+def canonical_json(obj) -> str:
+    """JSON text with sorted keys and a final newline: equal objects give equal bytes."""
+    return json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def write_json(path, obj, *, sort_keys=False):
+    """Pretty-printed JSON with a final newline; key order as given unless ``sort_keys``."""
+    text = canonical_json(obj) if sort_keys else json.dumps(obj, indent=2) + "\n"
+    return write_text(path, text)
 
 
 def write_yaml(path, obj):

@@ -1,0 +1,24 @@
+# Validation, the one paths object, and input functions. No algorithm lives here.
+from pathlib import Path
+
+from merfishflow.config import validate_config
+from merfishflow.workflow import WILDCARD_CONSTRAINTS, Pipeline
+
+config = validate_config(config, source="config", schema_path=Path(workflow.basedir) / "config" / "schema.yaml")
+PIPELINE = Pipeline.from_config(config)
+
+
+wildcard_constraints:
+    tile=WILDCARD_CONSTRAINTS["tile"],
+
+
+def ingest_mem_mb(wildcards, attempt):
+    return PIPELINE.ingest_mem_mb(attempt)
+
+
+def ingest_runtime(wildcards, attempt):
+    return PIPELINE.ingest_runtime_min(attempt)
+
+
+def stage_position(wildcards):
+    return PIPELINE.stage_position(wildcards.tile)

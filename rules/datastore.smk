@@ -1,0 +1,12 @@
+# datastore.json: the manifest and the state of every stage, read from the markers.
+rule datastore:
+    input:
+        PIPELINE.all_stage_markers(),
+    output:
+        PIPELINE.datastore_json,
+    log:
+        PIPELINE.log("datastore", "datastore"),
+    conda:
+        "../envs/merfishflow.yaml"
+    script:
+        "../scripts/datastore.py"

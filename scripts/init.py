@@ -1,0 +1,11 @@
+"""Rule init: raw_data metadata and optics into calibrations.zarr."""
+from merfishflow.calibration import run_init
+from merfishflow.jobs import run_job
+from merfishflow.paths import experiment_of
+
+
+def main(smk, progress):
+    run_init(experiment_of(smk.output[0]), progress=progress)
+
+
+run_job(snakemake, main)  # noqa: F821 (injected by Snakemake)

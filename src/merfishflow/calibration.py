@@ -1,0 +1,139 @@
+"""The init stage: experiment metadata and optics into ``calibrations.zarr``.
+
+``calibrations.zarr/.zattrs`` carries the codebook, the round/bit order, the
+channels and the microscope and camera metadata; its arrays are
+
+- ``camera_noise_map``: float32 (3, Y, X), planes ``offset_adu`` (the dark
+  frame, or the scalar offset everywhere), ``e_per_adu`` and
+  ``known_hot_pixel`` (1 where ``camera.hot_pixel_map`` marks a pixel);
+- ``psf_data``: float32 (channels, z, y, x), the widefield PSF of every
+  channel (:func:`merfishflow.psf.widefield_psf`, unit sum), one common odd
+  support fitted to the longest emission wavelength.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import datastore
+from .errors import InputError
+from .metadata import Experiment, load_experiment
+from .paths import ExperimentPaths
+from .psf import psf_shape_zyx, widefield_psf
+
+NOISE_MAP_PLANES = ["offset_adu", "e_per_adu", "known_hot_pixel"]
+
+
+def _read_camera_image(path: Path, key: str, shape_yx) -> np.ndarray:
+    import tifffile
+
+    try:
+        image = tifffile.imread(path)
+    except (OSError, ValueError, tifffile.TiffFileError) as err:
+        raise InputError(f"{path}: cannot be read as a TIFF ({err}); experiment.yaml camera.{key} names it") from None
+    image = np.squeeze(image)
+    if image.shape != tuple(shape_yx):
+        raise InputError(f"{path}: shape {image.shape}; camera.{key} must be one (Y, X) = {tuple(shape_yx)} image")
+    if not np.all(np.isfinite(image)):
+        raise InputError(f"{path}: contains NaN or infinite values")
+    return image
+
+
+def camera_noise_map(experiment: Experiment, paths: ExperimentPaths) -> np.ndarray:
+    """The (3, Y, X) float32 camera map described in the module docstring."""
+    shape_yx = experiment.image_shape_zyx[1:]
+    noise = np.empty((3,) + tuple(shape_yx), dtype=np.float32)
+    if experiment.dark_frame is not None:
+        noise[0] = _read_camera_image(paths.raw_file(experiment.dark_frame, "camera.dark_frame"), "dark_frame", shape_yx)
+    else:
+        noise[0] = experiment.offset_adu
+    noise[1] = experiment.e_per_adu
+    if experiment.hot_pixel_map is not None:
+        known = _read_camera_image(paths.raw_file(experiment.hot_pixel_map, "camera.hot_pixel_map"), "hot_pixel_map",
+                                   shape_yx)
+        noise[2] = (known != 0).astype(np.float32)
+    else:
+        noise[2] = 0
+    return noise
+
+
+def psf_stack(experiment: Experiment) -> np.ndarray:
+    """PSFs of every channel, (channels, z, y, x) float32, on one common support."""
+    longest = max(c.emission_um for c in experiment.channels)
+    shape = psf_shape_zyx(experiment.voxel_size_zyx_um, longest, experiment.numerical_aperture)
+    return np.stack([
+        widefield_psf(experiment.voxel_size_zyx_um, c.emission_um, experiment.numerical_aperture,
+                      experiment.immersion_refractive_index, experiment.sample_refractive_index, shape_zyx=shape)
+        for c in experiment.channels
+    ])
+
+
+def calibration_attrs(experiment: Experiment) -> dict:
+    """The metadata part of ``calibrations.zarr/.zattrs`` (plain JSON)."""
+    return {
+        "exp_codebook": {
+            "gene_id": list(experiment.gene_ids),
+            "codewords": [list(w) for w in experiment.codewords],
+            "bits": experiment.bits,
+        },
+        "exp_order": {"columns": [experiment.channels[c].name for c in experiment.readout_channels],
+                      "rounds": [list(row) for row in experiment.exp_order]},
+        "channels": [
+            {"name": c.name, "role": c.role, "excitation_um": c.excitation_um, "emission_um": c.emission_um}
+            for c in experiment.channels
+        ],
+        "voxel_size_zyx_um": list(experiment.voxel_size_zyx_um),
+        "image_shape_zyx": list(experiment.image_shape_zyx),
+        "tile_overlap_fraction": experiment.tile_overlap_fraction,
+        "microscope": {
+            "numerical_aperture": experiment.numerical_aperture,
+            "immersion_refractive_index": experiment.immersion_refractive_index,
+            "sample_refractive_index": experiment.sample_refractive_index,
+        },
+        "camera": {"e_per_adu": experiment.e_per_adu, "offset_adu": experiment.offset_adu,
+                   "dark_frame": experiment.dark_frame, "hot_pixel_map": experiment.hot_pixel_map},
+        "camera_noise_map_planes": NOISE_MAP_PLANES,
+        "psf_model": "psfmodels.vectorial_psf_centered (Aguet et al. 2009), unit sum, channel order as 'channels'",
+    }
+
+
+def run_init(experiment_dir, progress=print) -> Path:
+    """Validate raw_data metadata and write ``calibrations.zarr`` (marker last).
+
+    Parameters
+    ----------
+    experiment_dir : str or Path
+    progress : callable(str)
+
+    Returns
+    -------
+    Path
+        The group ``calibrations.zarr``.
+    """
+    paths = ExperimentPaths(experiment_dir)
+    experiment = load_experiment(paths.root, check_tiffs=False)
+    group = paths.calibrations
+    datastore.remove_marker(group)
+    datastore.create_group(group)
+    noise = camera_noise_map(experiment, paths)
+    progress(f"camera_noise_map: {noise.shape[1]} x {noise.shape[2]} px, "
+             f"{'dark frame' if experiment.dark_frame else 'scalar offset'}")
+    psf = psf_stack(experiment)
+    progress(f"psf_data: {len(experiment.channels)} channels, support {psf.shape[1:]} voxels")
+    datastore.write_array(group / "camera_noise_map", noise)
+    datastore.write_array(group / "psf_data", psf)
+    inputs = [paths.experiment_yaml, paths.codebook_csv, paths.exp_order_csv]
+    inputs += [paths.raw_file(name, "camera file") for name in (experiment.dark_frame, experiment.hot_pixel_map)
+               if name is not None]
+    attrs = calibration_attrs(experiment)
+    attrs.update({
+        "stage": "init",
+        "software": datastore.software_versions(),
+        "parameters": {},
+        "inputs_sha256": {str(p.relative_to(paths.root)): datastore.file_digest(p) for p in inputs},
+        "arrays": {"camera_noise_map": datastore.array_record(noise), "psf_data": datastore.array_record(psf)},
+    })
+    datastore.write_marker(group, attrs)
+    return group

@@ -1,0 +1,220 @@
+"""The on-disk datastore (DESIGN.md §2-3): zarr v2 arrays through tensorstore, JSON markers.
+
+Every ``*.zarr`` folder is a zarr v2 group (``.zgroup``). Its ``.zattrs`` is
+the completion marker of the job that owns the group: written last and
+atomically, with ``complete: true``, the parameters, the software versions
+and a digest of the inputs. Readers go through :func:`read_marker` /
+:func:`open_array`, which refuse anything not marked complete.
+
+Arrays are chunked by z-plane (one chunk = one ``(1, Y, X)`` plane, or the
+last two axes for higher-dimensional arrays) and blosc-zstd compressed with
+byte shuffle, single-threaded so that the bytes never depend on the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import IncompleteDataError, InputError
+from .fileio import canonical_json, write_text
+
+ZARR_FORMAT = 2
+COMPRESSOR = {"id": "blosc", "cname": "zstd", "clevel": 5, "shuffle": 2, "blocksize": 0}
+MARKER = ".zattrs"
+
+
+def software_versions() -> dict:
+    """Versions of the packages whose behaviour decides the bytes written."""
+    from importlib.metadata import version
+
+    versions = {"merfishflow": __version__}
+    versions.update({name: version(name) for name in ("numpy", "scipy", "tensorstore", "tifffile")})
+    return versions
+
+
+# groups and markers ----------------------------------------------------------------------------
+def create_group(path) -> Path:
+    """Make ``path`` a zarr v2 group (``.zgroup``) without touching its marker."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    zgroup = path / ".zgroup"
+    text = canonical_json({"zarr_format": ZARR_FORMAT})
+    if not zgroup.exists() or zgroup.read_text() != text:
+        write_text(zgroup, text)
+    return path
+
+
+def remove_marker(path) -> None:
+    """Delete a group's marker before rewriting it, so a crash leaves it incomplete."""
+    try:
+        os.remove(Path(path) / MARKER)
+    except FileNotFoundError:
+        pass
+
+
+def write_marker(path, attrs: dict) -> Path:
+    """Write a group's ``.zattrs`` atomically with ``complete: true``: call it last.
+
+    Parameters
+    ----------
+    path : str or Path
+        The group (``*.zarr`` folder) or array folder.
+    attrs : dict
+        Plain JSON attributes (no timestamps or host names: they would break
+        byte-identical reruns).
+
+    Returns
+    -------
+    Path
+        The marker file.
+    """
+    body = dict(attrs)
+    body["complete"] = True
+    return write_text(Path(path) / MARKER, canonical_json(body))
+
+
+def read_marker(path, *, require_complete=True) -> dict:
+    """The attributes of a group, checked to be complete.
+
+    Raises
+    ------
+    IncompleteDataError
+        If the marker is missing, unreadable or lacks ``complete: true``:
+        the job that owns ``path`` did not finish.
+    """
+    marker = Path(path) / MARKER
+    try:
+        attrs = json.loads(marker.read_text())
+    except FileNotFoundError:
+        raise IncompleteDataError(
+            f"{marker}: missing; the job that writes {Path(path).name} has not finished (rerun the workflow)"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise IncompleteDataError(f"{marker}: not valid JSON ({err}); rerun the job that writes it") from None
+    if require_complete and attrs.get("complete") is not True:
+        raise IncompleteDataError(f"{marker}: not marked complete; rerun the job that writes {Path(path).name}")
+    return attrs
+
+
+def is_complete(path) -> bool:
+    try:
+        read_marker(path)
+    except IncompleteDataError:
+        return False
+    return True
+
+
+def marker_digest(path) -> str:
+    """sha256 of a complete marker's bytes: how a downstream job names what it read."""
+    read_marker(path)
+    return hashlib.sha256((Path(path) / MARKER).read_bytes()).hexdigest()
+
+
+def file_digest(path, block_bytes=1 << 24) -> str:
+    """sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(block_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# arrays ----------------------------------------------------------------------------------------
+def _spec(path, shape=None, dtype=None):
+    spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": str(Path(path).resolve())}}
+    if shape is not None:
+        shape = [int(n) for n in shape]
+        chunks = [1] * (len(shape) - 2) + shape[-2:]
+        spec["metadata"] = {
+            "shape": shape,
+            "chunks": chunks,
+            "dtype": np.dtype(dtype).str,
+            "compressor": COMPRESSOR,
+            "order": "C",
+            "fill_value": 0,
+            "filters": None,
+            "dimension_separator": ".",
+        }
+    return spec
+
+
+def _context():
+    import tensorstore as ts
+
+    # One thread for the codec and the file I/O keeps memory bounded and
+    # makes the work per job predictable on shared nodes.
+    return ts.Context({"data_copy_concurrency": {"limit": 1}, "file_io_concurrency": {"limit": 2}})
+
+
+def create_array(path, shape, dtype):
+    """Create (or replace) a zarr v2 array chunked by z-plane; returns a tensorstore handle.
+
+    Write planes or blocks with ``handle[z0:z1].write(block).result()``.
+    """
+    import tensorstore as ts
+
+    return ts.open(_spec(path, shape, dtype), create=True, delete_existing=True, context=_context()).result()
+
+
+def write_array(path, data) -> None:
+    """Write a whole in-memory array (small arrays: calibrations, fields)."""
+    handle = create_array(path, data.shape, data.dtype)
+    handle.write(np.ascontiguousarray(data)).result()
+
+
+def open_array(group, name):
+    """Open ``group/name`` for reading after checking the group's marker says complete.
+
+    Parameters
+    ----------
+    group : str or Path
+        A ``*.zarr`` group written by a pipeline job.
+    name : str
+        Array inside it (``camera_data``, ``corrected_data``, ...).
+
+    Returns
+    -------
+    tensorstore.TensorStore
+        Read with ``handle[...].read().result()``.
+    """
+    import tensorstore as ts
+
+    attrs = read_marker(group)
+    arrays = attrs.get("arrays", {})
+    if name not in arrays:
+        raise InputError(f"{Path(group) / MARKER}: no array {name!r} recorded; it has {sorted(arrays)}")
+    path = Path(group) / name
+    try:
+        handle = ts.open(_spec(path), open=True, read=True, context=_context()).result()
+    except ValueError as err:
+        raise IncompleteDataError(f"{path}: cannot be opened as a zarr array ({err})") from None
+    expected = arrays[name]
+    if list(handle.shape) != list(expected["shape"]) or handle.dtype.numpy_dtype != np.dtype(expected["dtype"]):
+        raise IncompleteDataError(
+            f"{path}: shape {list(handle.shape)} / dtype {handle.dtype.numpy_dtype} differ from the marker's "
+            f"{expected['shape']} / {expected['dtype']}; the array was changed after it was written"
+        )
+    return handle
+
+
+def read_array(group, name) -> np.ndarray:
+    """The whole array ``group/name`` as numpy (checked complete); for small arrays and tests."""
+    handle = open_array(group, name)
+    try:
+        return handle.read().result()
+    except ValueError as err:
+        raise IncompleteDataError(f"{Path(group) / name}: unreadable ({err}); rerun the job that writes it") from None
+
+
+def array_record(data_or_handle) -> dict:
+    """What a marker records about an array it describes: shape, dtype and chunks."""
+    shape = [int(n) for n in data_or_handle.shape]
+    dtype = data_or_handle.dtype
+    dtype = dtype.numpy_dtype if hasattr(dtype, "numpy_dtype") else np.dtype(dtype)
+    return {"shape": shape, "dtype": np.dtype(dtype).str, "chunks": [1] * (len(shape) - 2) + shape[-2:]}

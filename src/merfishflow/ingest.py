@@ -1,0 +1,172 @@
+"""The ingest + correct stage: one raw TIFF (tile x round) into the datastore.
+
+The TIFF's fiducial channel goes to ``polyDT/<tile>/<round>.zarr`` and each
+readout channel to ``readouts/<tile>/<bit>.zarr`` (the bit exp_order.csv
+names for that round and channel); each group gets ``camera_data`` (the raw
+uint16 counts) and ``corrected_data`` (uint16 photoelectrons, see
+:mod:`merfishflow.correction`). The TIFF is read in slabs of z-planes, so a
+job holds a few planes of one channel at a time whatever the tile size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import datastore
+from .correction import correct_counts, find_hot_pixels, neighbour_index, to_uint16
+from .errors import InputError
+from .naming import bit_name
+from .paths import ExperimentPaths
+
+ARRAYS = ("camera_data", "corrected_data")
+
+
+@dataclass(frozen=True)
+class CorrectionParams:
+    """Parameters of camera correction (config key ``correction``).
+
+    Attributes
+    ----------
+    hot_pixel_sigma : float
+        Dark-frame pixels this many robust SDs above the median are hot.
+    hot_pixel_radius : int
+        Hot pixels take the median of their non-hot neighbours within this
+        radius (1 = the 3 x 3 neighbourhood).
+    """
+
+    hot_pixel_sigma: float = 10.0
+    hot_pixel_radius: int = 1
+
+    def to_dict(self) -> dict:
+        return {"hot_pixel_sigma": self.hot_pixel_sigma, "hot_pixel_radius": self.hot_pixel_radius}
+
+
+def _open_tiff(path: Path, n_channels: int, shape_zyx):
+    import tifffile
+
+    if not path.is_file():
+        raise InputError(f"{path}: raw TIFF not found")
+    try:
+        tif = tifffile.TiffFile(path)
+    except (OSError, ValueError, tifffile.TiffFileError) as err:
+        raise InputError(f"{path}: cannot be read as a TIFF ({err})") from None
+    z, y, x = shape_zyx
+    pages = tif.pages
+    n_pages = len(pages)
+    first = pages.first
+    problem = None
+    if n_pages != n_channels * z:
+        if n_pages % z == 0:
+            problem = (f"{n_pages} pages = {n_pages // z} channels x {z} z-planes; experiment.yaml lists "
+                       f"{n_channels} channels")
+        else:
+            problem = f"{n_pages} pages; expected {n_channels} channels x {z} z-planes = {n_channels * z} pages"
+    elif tuple(first.shape) != (y, x):
+        problem = f"pages of {tuple(first.shape)} pixels; expected (Y, X) = {(y, x)} from image_shape_zyx"
+    elif first.dtype != np.uint16:
+        problem = f"dtype {first.dtype}; expected uint16 camera counts"
+    if problem:
+        tif.close()
+        raise InputError(f"{path}: {problem} (see docs/raw_data.md)")
+    return tif
+
+
+def ingest_tile_round(experiment_dir, tile, round_, stage_zyx_um, params=CorrectionParams(), progress=print,
+                      slab_planes=8):
+    """Ingest and correct one tile and round; markers are written last.
+
+    Parameters
+    ----------
+    experiment_dir : str or Path
+    tile, round_ : str
+        ``"tile0000"``, ``"round0003"``.
+    stage_zyx_um : sequence of 3 float
+        The tile's stage position (stage_positions.csv).
+    params : CorrectionParams
+    progress : callable(str)
+        Called after every slab written; an exception raised there aborts the
+        job like a crash would (the markers are not written).
+    slab_planes : int
+        z-planes read and corrected at once (memory vs. call overhead; does
+        not change the output).
+
+    Returns
+    -------
+    list of Path
+        The groups written, fiducial first.
+    """
+    paths = ExperimentPaths(experiment_dir)
+    calibration = datastore.read_marker(paths.calibrations)
+    noise = datastore.read_array(paths.calibrations, "camera_noise_map")
+    channels = calibration["channels"]
+    shape = tuple(calibration["image_shape_zyx"])
+    round_index = int(round_[len("round"):])
+    rounds = calibration["exp_order"]["rounds"]
+    if not 0 <= round_index < len(rounds):
+        raise InputError(f"{round_}: exp_order.csv has rounds 0..{len(rounds) - 1}")
+    readout_channels = [i for i, c in enumerate(channels) if c["role"] == "readout"]
+    fiducial = next(i for i, c in enumerate(channels) if c["role"] == "fiducial")
+    targets = [(paths.fiducial_group(tile, round_), fiducial, None)]
+    targets += [(paths.readout_group(tile, bit_name(b)), c, b) for b, c in zip(rounds[round_index], readout_channels)]
+
+    hot = find_hot_pixels(noise[0], params.hot_pixel_sigma, known=noise[2] > 0)
+    hot_flat, neighbours = neighbour_index(hot, params.hot_pixel_radius)
+    offset, gain = noise[0], float(noise[1].flat[0])
+    raw_path = paths.raw_tiff(tile, round_)
+
+    for group, _, _ in targets:
+        datastore.remove_marker(group)
+        datastore.create_group(group)
+
+    pixel_digest = hashlib.sha256()
+    saturated = {}
+    z = shape[0]
+    with _open_tiff(raw_path, len(channels), shape) as tif:
+        for group, channel, _ in targets:
+            camera = datastore.create_array(group / "camera_data", shape, np.uint16)
+            corrected = datastore.create_array(group / "corrected_data", shape, np.uint16)
+            saturated[group] = 0
+            for z0 in range(0, z, slab_planes):
+                z1 = min(z, z0 + slab_planes)
+                first = channel * z + z0
+                counts = tif.asarray(key=range(first, first + z1 - z0)).reshape(z1 - z0, *shape[1:])
+                write_camera = camera[z0:z1].write(counts)
+                pixel_digest.update(np.ascontiguousarray(counts).data)
+                electrons, n_sat = to_uint16(correct_counts(counts, offset, gain, hot_flat, neighbours))
+                saturated[group] += n_sat
+                write_corrected = corrected[z0:z1].write(electrons)
+                write_camera.result()
+                write_corrected.result()
+                progress(f"{tile} {round_} {channels[channel]['name']}: planes {z0}-{z1 - 1} of {z} written")
+
+    common = {
+        "stage": "ingest",
+        "software": datastore.software_versions(),
+        "parameters": params.to_dict(),
+        "inputs_sha256": {
+            # Pixels of the fiducial channel, then the readouts, planes in order.
+            "raw_pixels": pixel_digest.hexdigest(),
+            "calibrations": datastore.marker_digest(paths.calibrations),
+        },
+        "tile": tile,
+        "round": round_,
+        "stage_zyx_um": [float(v) for v in stage_zyx_um],
+        "voxel_size_zyx_um": calibration["voxel_size_zyx_um"],
+        "n_hot_pixels_replaced": int(len(hot_flat)),
+        "units": {"camera_data": "ADU", "corrected_data": "photoelectrons, rounded, saturating at 65535"},
+        "arrays": {name: {"shape": list(shape), "dtype": np.dtype(np.uint16).str, "chunks": [1, *shape[1:]]}
+                   for name in ARRAYS},
+    }
+    # Readouts first: the fiducial marker, last, means the whole round is done.
+    for group, channel, bit in reversed(targets):
+        attrs = dict(common)
+        attrs["channel"] = channels[channel]["name"]
+        attrs["wavelengths_um"] = [channels[channel]["excitation_um"], channels[channel]["emission_um"]]
+        attrs["bit_linker"] = round_index if bit is not None else [int(b) for b in rounds[round_index]]
+        attrs["n_saturated_voxels"] = saturated[group]
+        datastore.write_marker(group, attrs)
+    return [group for group, _, _ in targets]

@@ -1,0 +1,412 @@
+"""The raw_data contract (docs/raw_data.md): read and validate an experiment's metadata.
+
+:func:`load_experiment` reads ``experiment.yaml``, ``codebook.csv``,
+``exp_order.csv`` and ``stage_positions.csv`` and checks every rule of the
+contract, raising :class:`~merfishflow.errors.InputError` with the file, the
+key or row, and what was expected. The result, :class:`Experiment`, is the
+manifest the workflow is built from: which tiles, rounds, bits and channels
+exist, and how bits map to rounds and channels.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+from .naming import bit_name, codebook_bit_column, round_name, tile_name
+from .paths import ExperimentPaths, inside
+
+FORMAT_VERSION = 1
+CHANNEL_NAME = re.compile(r"[A-Za-z0-9_-]+")
+ROLES = ("fiducial", "readout")
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One channel of the raw TIFFs, in storage order."""
+
+    name: str
+    role: str
+    excitation_um: float
+    emission_um: float
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Validated metadata of one experiment: the manifest every stage is built from.
+
+    Attributes
+    ----------
+    voxel_size_zyx_um, image_shape_zyx : tuple of 3
+        Voxel size (µm) and shape of one channel of one tile and round.
+    tile_overlap_fraction : float
+    numerical_aperture, immersion_refractive_index, sample_refractive_index : float
+    e_per_adu, offset_adu : float
+        Camera gain and bias.
+    dark_frame, hot_pixel_map : str or None
+        Optional file names relative to raw_data/.
+    channels : tuple of Channel
+        In TIFF order; exactly one has role ``fiducial``.
+    exp_order : tuple of tuple of int
+        ``exp_order[round][k]`` is the bit imaged in the k-th readout channel.
+    gene_ids : tuple of str
+        Codebook rows, in file order (may be empty when only the structure is known).
+    codewords : tuple of tuple of int
+        0/1 codebook matrix, one row per gene_id.
+    stage_positions_um : tuple of tuple of 3 float
+        Stage position (z, y, x) of tile t's first voxel.
+    """
+
+    voxel_size_zyx_um: tuple
+    image_shape_zyx: tuple
+    tile_overlap_fraction: float
+    numerical_aperture: float
+    immersion_refractive_index: float
+    sample_refractive_index: float
+    e_per_adu: float
+    offset_adu: float
+    dark_frame: str | None
+    hot_pixel_map: str | None
+    channels: tuple
+    exp_order: tuple
+    gene_ids: tuple
+    codewords: tuple
+    stage_positions_um: tuple
+
+    # structure ---------------------------------------------------------------
+    @property
+    def tiles(self) -> list[str]:
+        return [tile_name(t) for t in range(len(self.stage_positions_um))]
+
+    @property
+    def rounds(self) -> list[str]:
+        return [round_name(r) for r in range(len(self.exp_order))]
+
+    @property
+    def n_bits(self) -> int:
+        return sum(len(row) for row in self.exp_order)
+
+    @property
+    def bits(self) -> list[str]:
+        return [bit_name(b) for b in range(1, self.n_bits + 1)]
+
+    @property
+    def fiducial_channel(self) -> int:
+        return next(i for i, c in enumerate(self.channels) if c.role == "fiducial")
+
+    @property
+    def readout_channels(self) -> list[int]:
+        return [i for i, c in enumerate(self.channels) if c.role == "readout"]
+
+    def bits_of_round(self, round_: str) -> list[tuple[str, int]]:
+        """``[(bit name, TIFF channel index), ...]`` imaged in a round."""
+        row = self.exp_order[int(round_[len("round"):])]
+        return [(bit_name(b), c) for b, c in zip(row, self.readout_channels)]
+
+    def round_of_bit(self, bit: str) -> str:
+        number = int(bit[len("bit"):])
+        for r, row in enumerate(self.exp_order):
+            if number in row:
+                return round_name(r)
+        raise InputError(f"{bit} is not imaged in any round of exp_order.csv")
+
+    def stage_position(self, tile: str) -> list[float]:
+        return list(self.stage_positions_um[int(tile[len("tile"):])])
+
+    @property
+    def raw_bytes_per_tile_round(self) -> int:
+        z, y, x = self.image_shape_zyx
+        return 2 * len(self.channels) * z * y * x
+
+    def summary(self) -> dict:
+        """The manifest part of datastore.json: names only, JSON-able."""
+        return {
+            "tiles": self.tiles,
+            "rounds": self.rounds,
+            "bits": self.bits,
+            "channels": [c.name for c in self.channels],
+            "fiducial_channel": self.channels[self.fiducial_channel].name,
+            "bit_linker": {bit: self.round_of_bit(bit) for bit in self.bits},
+            "image_shape_zyx": list(self.image_shape_zyx),
+            "voxel_size_zyx_um": list(self.voxel_size_zyx_um),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+def load_experiment(experiment_dir, *, check_tiffs=True) -> Experiment:
+    """Read and validate ``<experiment_dir>/raw_data`` (docs/raw_data.md).
+
+    Parameters
+    ----------
+    experiment_dir : str or Path
+        The experiment folder (holding ``raw_data/``).
+    check_tiffs : bool
+        Also check that every tile's round TIFF and the optional camera files
+        exist (cheap: no TIFF is opened; shapes are checked by the ingest job).
+
+    Returns
+    -------
+    Experiment
+
+    Raises
+    ------
+    InputError
+        Naming the file, key or row at fault and what was expected.
+    """
+    paths = ExperimentPaths(experiment_dir)
+    if not paths.raw.is_dir():
+        raise InputError(f"{paths.raw}: raw_data folder not found (expected the layout of docs/raw_data.md)")
+    meta = _read_experiment_yaml(paths.experiment_yaml)
+    channels = meta["channels"]
+    readouts = [c.name for c in channels if c.role == "readout"]
+    exp_order = _read_exp_order(paths.exp_order_csv, readouts)
+    n_bits = sum(len(row) for row in exp_order)
+    gene_ids, codewords = _read_codebook(paths.codebook_csv, n_bits)
+    stage = _read_stage_positions(paths.stage_positions_csv)
+    experiment = Experiment(exp_order=exp_order, gene_ids=gene_ids, codewords=codewords,
+                            stage_positions_um=stage, **meta)
+    if check_tiffs:
+        for name, key in ((experiment.dark_frame, "camera.dark_frame"), (experiment.hot_pixel_map, "camera.hot_pixel_map")):
+            if name is not None and not paths.raw_file(name, f"{paths.experiment_yaml}: {key}").is_file():
+                raise InputError(f"{paths.experiment_yaml}: {key} names {name!r}, but {paths.raw / name} does not exist")
+        missing = [paths.raw_tiff(t, r) for t in experiment.tiles for r in experiment.rounds
+                   if not paths.raw_tiff(t, r).is_file()]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise InputError(f"{missing[0]}: raw TIFF not found{more}; stage_positions.csv lists "
+                             f"{len(experiment.tiles)} tiles and exp_order.csv {len(experiment.rounds)} rounds, "
+                             "each needs tileNNNN/roundNNNN.tif")
+    return experiment
+
+
+# experiment.yaml -------------------------------------------------------------------------------
+def _read_experiment_yaml(path: Path) -> dict:
+    import yaml
+
+    if not path.is_file():
+        raise InputError(f"{path}: not found (experiment.yaml is required, see docs/raw_data.md)")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML ({err})") from None
+    where = str(path)
+    _need(isinstance(doc, dict), where, "", "a mapping of keys (see docs/raw_data.md)", doc)
+    version = doc.get("format_version")
+    _need(version == FORMAT_VERSION, where, "format_version", f"{FORMAT_VERSION}", version)
+    voxel = _numbers(doc, where, "voxel_size_zyx_um", 3, float, lambda v: v > 0, "3 positive numbers")
+    if not math.isclose(voxel[1], voxel[2]):
+        raise InputError(f"{where}: voxel_size_zyx_um={list(voxel)}: expected equal y and x pixel sizes")
+    shape = _numbers(doc, where, "image_shape_zyx", 3, int, lambda v: v > 0, "3 positive integers")
+    overlap = _number(doc, where, "tile_overlap_fraction", float, lambda v: 0 <= v < 0.9, "a number in [0, 0.9)")
+    scope = _section(doc, where, "microscope")
+    ri = _number(scope, where, "microscope.immersion_refractive_index", float, lambda v: v >= 1, "a number >= 1",
+                 key="immersion_refractive_index")
+    na = _number(scope, where, "microscope.numerical_aperture", float, lambda v: 0 < v < ri,
+                 f"a number in (0, immersion_refractive_index={ri})", key="numerical_aperture")
+    sample_ri = scope.get("sample_refractive_index", ri)
+    sample_ri = _number({"v": sample_ri}, where, "microscope.sample_refractive_index", float, lambda v: v >= 1,
+                        "a number >= 1", key="v")
+    camera = _section(doc, where, "camera")
+    gain = _number(camera, where, "camera.e_per_adu", float, lambda v: v > 0, "a number > 0", key="e_per_adu")
+    offset = _number(camera, where, "camera.offset_adu", float, lambda v: v >= 0, "a number >= 0", key="offset_adu")
+    files = {}
+    for key in ("dark_frame", "hot_pixel_map"):
+        value = camera.get(key)
+        _need(value is None or isinstance(value, str), where, f"camera.{key}", "a file name or null", value)
+        if value is not None:
+            inside(path.parent, value, f"{where}: camera.{key}")
+        files[key] = value
+    channels = _read_channels(doc, where)
+    return dict(voxel_size_zyx_um=voxel, image_shape_zyx=shape, tile_overlap_fraction=overlap,
+                numerical_aperture=na, immersion_refractive_index=ri, sample_refractive_index=sample_ri,
+                e_per_adu=gain, offset_adu=offset, dark_frame=files["dark_frame"],
+                hot_pixel_map=files["hot_pixel_map"], channels=channels)
+
+
+def _read_channels(doc, where):
+    entries = doc.get("channels")
+    _need(isinstance(entries, list) and len(entries) >= 2, where, "channels",
+          "a list of at least 2 channels (one fiducial, one or more readouts)", entries)
+    channels = []
+    for i, entry in enumerate(entries):
+        key = f"channels[{i}]"
+        _need(isinstance(entry, dict), where, key, "a mapping with name, role, excitation_um, emission_um", entry)
+        name = entry.get("name")
+        _need(isinstance(name, str) and CHANNEL_NAME.fullmatch(name) is not None, where, f"{key}.name",
+              "a name of letters, digits, '_' or '-'", name)
+        role = entry.get("role")
+        _need(role in ROLES, where, f"{key}.role", "'fiducial' or 'readout'", role)
+        ex = _number(entry, where, f"{key}.excitation_um", float, lambda v: v > 0, "a number > 0", key="excitation_um")
+        em = _number(entry, where, f"{key}.emission_um", float, lambda v: v > 0, "a number > 0", key="emission_um")
+        channels.append(Channel(name, role, ex, em))
+    names = [c.name for c in channels]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise InputError(f"{where}: channels: name {duplicated[0]!r} is used twice; channel names must be unique")
+    n_fiducial = sum(c.role == "fiducial" for c in channels)
+    if n_fiducial != 1:
+        raise InputError(f"{where}: channels: expected exactly one channel with role 'fiducial', found {n_fiducial}")
+    return tuple(channels)
+
+
+# CSV files -------------------------------------------------------------------------------------
+def _read_csv(path: Path, what: str) -> tuple[list[str], list[list[str]]]:
+    if not path.is_file():
+        raise InputError(f"{path}: not found ({what} is required, see docs/raw_data.md)")
+    with open(path, newline="") as f:
+        rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+    if not rows:
+        raise InputError(f"{path}: empty; expected a header line and one row per {what}")
+    header = [h.strip() for h in rows[0]]
+    body = [[cell.strip() for cell in row] for row in rows[1:]]
+    for line, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise InputError(f"{path}: line {line} has {len(row)} fields, the header has {len(header)}")
+    return header, body
+
+
+def _int_cell(path, line, column, text):
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(f"{path}: line {line}, column {column!r}: {text!r} is not an integer") from None
+
+
+def _read_codebook(path: Path, n_bits: int):
+    header, body = _read_csv(path, "barcode")
+    expected = ["gene_id"] + [codebook_bit_column(b) for b in range(1, n_bits + 1)]
+    if header[:1] != ["gene_id"]:
+        raise InputError(f"{path}: the first column must be 'gene_id', found {header[:1]}")
+    if header != expected:
+        raise InputError(f"{path}: has {len(header) - 1} bit columns {header[1:3]}..., but exp_order.csv images "
+                         f"{n_bits} bits; expected the header gene_id,{expected[1]}..{expected[-1]}")
+    if not body:
+        raise InputError(f"{path}: no barcodes; expected one row per gene")
+    gene_ids, codewords, seen = [], [], {}
+    for line, row in enumerate(body, start=2):
+        gene = row[0]
+        if not gene:
+            raise InputError(f"{path}: line {line}: gene_id is empty")
+        if gene in seen:
+            raise InputError(f"{path}: line {line}: gene_id {gene!r} duplicates line {seen[gene]}; gene_ids must be unique")
+        seen[gene] = line
+        word = []
+        for column, cell in zip(header[1:], row[1:]):
+            if cell not in ("0", "1"):
+                raise InputError(f"{path}: line {line}, column {column!r}: {cell!r}; expected 0 or 1")
+            word.append(int(cell))
+        if not any(word):
+            raise InputError(f"{path}: line {line}: codeword of {gene!r} has no 1; every codeword needs at least one")
+        gene_ids.append(gene)
+        codewords.append(tuple(word))
+    return tuple(gene_ids), tuple(codewords)
+
+
+def _read_exp_order(path: Path, readouts: list[str]):
+    header, body = _read_csv(path, "round")
+    expected = ["round"] + readouts
+    if header != expected:
+        raise InputError(f"{path}: header {','.join(header)!r}; expected {','.join(expected)!r} "
+                         "(round, then the readout channels of experiment.yaml in order)")
+    if not body:
+        raise InputError(f"{path}: no rounds; expected one row per round")
+    order, seen = [], {}
+    for line, row in enumerate(body, start=2):
+        r = _int_cell(path, line, "round", row[0])
+        if r != len(order):
+            raise InputError(f"{path}: line {line}: round {r}; expected round {len(order)} (rounds 0, 1, 2, ... in order)")
+        bits = []
+        for column, cell in zip(header[1:], row[1:]):
+            b = _int_cell(path, line, column, cell)
+            if b in seen:
+                raise InputError(f"{path}: line {line}, column {column!r}: bit {b} is already imaged on line {seen[b]}; "
+                                 "every bit must appear exactly once")
+            seen[b] = line
+            bits.append(b)
+        order.append(tuple(bits))
+    n_bits = len(seen)
+    wrong = sorted(b for b in seen if not 1 <= b <= n_bits)
+    if wrong:
+        raise InputError(f"{path}: bit {wrong[0]} is outside 1..{n_bits}; with {n_bits} bits imaged, the bits must be "
+                         f"numbered 1..{n_bits} like the codebook's columns")
+    return tuple(order)
+
+
+def _read_stage_positions(path: Path):
+    header, body = _read_csv(path, "tile")
+    expected = ["tile", "stage_z_um", "stage_y_um", "stage_x_um"]
+    if header != expected:
+        raise InputError(f"{path}: header {','.join(header)!r}; expected {','.join(expected)!r}")
+    positions = {}
+    for line, row in enumerate(body, start=2):
+        t = _int_cell(path, line, "tile", row[0])
+        if t in positions:
+            raise InputError(f"{path}: line {line}: tile {t} is listed twice")
+        values = []
+        for column, cell in zip(header[1:], row[1:]):
+            try:
+                v = float(cell)
+            except ValueError:
+                raise InputError(f"{path}: line {line}, column {column!r}: {cell!r} is not a number") from None
+            if not math.isfinite(v):
+                raise InputError(f"{path}: line {line}, column {column!r}: {cell!r} is not a finite number")
+            values.append(v)
+        positions[t] = tuple(values)
+    if not positions:
+        raise InputError(f"{path}: no tiles; expected one row per tile")
+    for t in range(len(positions)):
+        if t not in positions:
+            raise InputError(f"{path}: tile {t} is missing; tiles must be numbered 0..{len(positions) - 1} "
+                             f"({tile_name(t)} has no stage position)")
+    return tuple(positions[t] for t in range(len(positions)))
+
+
+# small validators ------------------------------------------------------------------------------
+def _need(ok, where, key, expected, value):
+    if not ok:
+        at = f" {key}" if key else ""
+        raise InputError(f"{where}:{at} got {value!r}; expected {expected}")
+
+
+def _section(doc, where, key):
+    value = doc.get(key)
+    _need(isinstance(value, dict), where, key, "a mapping", value)
+    return value
+
+
+def _convert(value, kind):
+    if isinstance(value, bool):
+        raise TypeError
+    if kind is int:
+        if isinstance(value, int):
+            return value
+        raise TypeError
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError
+    return float(value)
+
+
+def _number(doc, where, name, kind, valid, expected, *, key=None):
+    value = doc.get(key or name)
+    try:
+        out = _convert(value, kind)
+    except TypeError:
+        raise InputError(f"{where}: {name} got {value!r}; expected {expected}") from None
+    _need(valid(out), where, name, expected, value)
+    return out
+
+
+def _numbers(doc, where, name, n, kind, valid, expected):
+    value = doc.get(name)
+    if not isinstance(value, list) or len(value) != n:
+        raise InputError(f"{where}: {name} got {value!r}; expected {expected}")
+    try:
+        out = tuple(_convert(v, kind) for v in value)
+    except TypeError:
+        raise InputError(f"{where}: {name} got {value!r}; expected {expected}") from None
+    _need(all(valid(v) for v in out), where, name, expected, value)
+    return out

@@ -1,0 +1,122 @@
+"""What the Snakefile needs to know, in one object: the experiment, its paths and every target.
+
+``rules/common.smk`` builds one :class:`Pipeline` from the validated config;
+rules ask it for their inputs, outputs, parameters and resources, so no path
+is spelled out in a ``.smk`` file. Built at parse time, before any job runs:
+for a real experiment it reads and validates raw_data (docs/raw_data.md); for
+a simulated one it knows the tiles, rounds and bits from the simulation
+parameters, because raw_data does not exist yet.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .metadata import Experiment, load_experiment
+from .paths import ExperimentPaths, marker
+from .status import stage_groups
+
+TILE_WILDCARD = "{tile}"
+WILDCARD_CONSTRAINTS = {"tile": r"tile\d{4}"}
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The experiment, its paths and the targets of every rule.
+
+    Attributes
+    ----------
+    config : dict
+        Validated config (defaults filled in).
+    paths : ExperimentPaths
+    experiment : Experiment
+        Manifest of tiles, rounds, bits and channels.
+    simulated : bool
+        True when the ``simulate`` rule writes raw_data.
+    """
+
+    config: dict
+    paths: ExperimentPaths
+    experiment: Experiment
+    simulated: bool
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Pipeline":
+        """Build from a config already validated by :func:`merfishflow.config.validate_config`."""
+        paths = ExperimentPaths(config["experiment_dir"])
+        simulated = bool(config["simulation"]["enabled"])
+        if simulated:
+            from .simulation import SimulationParams, planned_experiment
+
+            experiment = planned_experiment(SimulationParams.from_dict(config["simulation"]["params"]))
+        else:
+            experiment = load_experiment(paths.root)
+        return cls(config=config, paths=paths, experiment=experiment, simulated=simulated)
+
+    # raw data ----------------------------------------------------------------------------------
+    @property
+    def experiment_dir(self) -> str:
+        return str(self.paths.root)
+
+    def raw_metadata_files(self) -> dict:
+        """Files of raw_data that the init stage reads (not stage_positions.csv: adding a tile
+        must not rerun init)."""
+        files = {"experiment_yaml": self.paths.experiment_yaml, "codebook": self.paths.codebook_csv,
+                 "exp_order": self.paths.exp_order_csv}
+        for key, name in (("dark_frame", self.experiment.dark_frame), ("hot_pixel_map", self.experiment.hot_pixel_map)):
+            if name is not None:
+                files[key] = self.paths.raw_file(name, f"camera.{key}")
+        return {k: str(v) for k, v in files.items()}
+
+    def simulation_outputs(self) -> dict:
+        """Everything the simulate rule writes (raw_data files; ground_truth as a folder)."""
+        out = self.raw_metadata_files()
+        out["stage_positions"] = str(self.paths.stage_positions_csv)
+        out["tiffs"] = [str(self.paths.raw_tiff(t, r)) for t in self.experiment.tiles for r in self.experiment.rounds]
+        return out
+
+    def raw_tiff(self, round_: str, tile: str = TILE_WILDCARD) -> str:
+        return str(self.paths.raw_tiff(tile, round_))
+
+    # datastore ---------------------------------------------------------------------------------
+    @property
+    def calibrations_marker(self) -> str:
+        return str(marker(self.paths.calibrations))
+
+    @property
+    def datastore_json(self) -> str:
+        return str(self.paths.datastore_json)
+
+    def ingest_markers(self, round_: str, tile: str = TILE_WILDCARD) -> list[str]:
+        """Markers one ingest job writes: the round's fiducial group, then its readout bits."""
+        groups = [self.paths.fiducial_group(tile, round_)]
+        groups += [self.paths.readout_group(tile, bit) for bit, _ in self.experiment.bits_of_round(round_)]
+        return [str(marker(g)) for g in groups]
+
+    def all_stage_markers(self) -> list[str]:
+        """Every marker of every stage, for the datastore summary job."""
+        out = []
+        for units in stage_groups(self.experiment, self.paths).values():
+            for groups in units.values():
+                out.extend(str(marker(g)) for g in groups)
+        return out
+
+    def log(self, stage: str, name: str) -> str:
+        return str(self.paths.root / "logs" / stage / f"{name}.log")
+
+    # per-job parameters and resources ----------------------------------------------------------
+    def stage_position(self, tile: str) -> list[float]:
+        return self.experiment.stage_position(tile)
+
+    def ingest_mem_mb(self, attempt: int = 1) -> int:
+        """Memory of one ingest job: the interpreter plus a few slabs of one channel, doubled per retry."""
+        z, y, x = self.experiment.image_shape_zyx
+        slab_mb = min(self.config["ingest"]["slab_planes"], z) * y * x * 2 / 2**20
+        return int(math.ceil(600 + 12 * slab_mb)) * attempt
+
+    def ingest_runtime_min(self, attempt: int = 1) -> int:
+        """Minutes for one ingest job: 20 MB/s worst case on a shared file system, plus start-up."""
+        raw_mb = self.experiment.raw_bytes_per_tile_round / 2**20
+        return int(math.ceil(5 + raw_mb / 20 / 60)) * attempt
+
