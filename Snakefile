@@ -1,11 +1,15 @@
 # merfishflow: 3D MERFISH from raw tiles to a corrected datastore (DESIGN.md).
 # Run: snakemake --cores 2            (the demo in config/config.yaml)
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The demo config, found next to this Snakefile whatever the working directory;
+# --configfile replaces it.
+configfile: Path(workflow.basedir) / "config" / "config.yaml"
 
 
 include: "rules/common.smk"
@@ -15,7 +19,11 @@ include: "rules/ingest.smk"
 include: "rules/datastore.smk"
 
 
+# Every marker is a target, not only datastore.json: Snakemake does not
+# recreate a missing intermediate file when the files after it are up to date,
+# and a marker removed by a crash must always be rewritten.
 rule all:
     input:
         PIPELINE.datastore_json,
+        PIPELINE.all_stage_markers(),
     default_target: True
