@@ -13,7 +13,7 @@ import tifffile
 from conftest import (REPO, TINY_SIMULATION, file_bytes, planned_jobs, run_snakemake, snakemake_env,
                       write_config)
 from merfishflow import datastore
-from merfishflow.errors import IncompleteDataError
+from merfishflow.errors import IncompleteDataError, InputError
 from merfishflow.ingest import CorrectionParams, ingest_tile_round
 from merfishflow.metadata import load_experiment
 from merfishflow.paths import ExperimentPaths
@@ -216,3 +216,21 @@ def test_stale_marker_copy_is_not_taken_as_complete(demo_copy):
     with pytest.raises(IncompleteDataError, match="not marked complete"):
         datastore.open_array(group, "corrected_data")
     assert not datastore.is_complete(group)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda data: data[:2], "12 pages = 2 channels x 6 z-planes; experiment.yaml lists 3 channels"),
+    (lambda data: data[:, :, :40], "pages of (40, 48) pixels; expected (Y, X) = (48, 48)"),
+    (lambda data: data.astype(np.float32), "dtype float32; expected uint16 camera counts"),
+])
+def test_wrong_tiff_is_refused_before_writing(demo_copy, change, words):
+    _, _, experiment_dir = demo_copy
+    paths = ExperimentPaths(experiment_dir)
+    tiff = paths.raw_tiff("tile0000", "round0001")
+    tifffile.imwrite(tiff, change(tifffile.imread(tiff)))
+    group = paths.fiducial_group("tile0000", "round0001")
+    before = file_bytes(group)
+    with pytest.raises(InputError) as info:
+        ingest_tile_round(experiment_dir, "tile0000", "round0001", [0, 0, 0], progress=lambda m: None)
+    assert str(info.value).startswith(f"{tiff}: {words}")
+    assert file_bytes(group) == before  # refused before touching the existing complete output

@@ -118,14 +118,14 @@ def ingest_tile_round(experiment_dir, tile, round_, stage_zyx_um, params=Correct
     offset, gain = noise[0], float(noise[1].flat[0])
     raw_path = paths.raw_tiff(tile, round_)
 
-    for group, _, _ in targets:
-        datastore.remove_marker(group)
-        datastore.create_group(group)
-
     pixel_digest = hashlib.sha256()
     saturated = {}
     z = shape[0]
+    # The TIFF is checked before anything is written.
     with _open_tiff(raw_path, len(channels), shape) as tif:
+        for group, _, _ in targets:
+            datastore.remove_marker(group)
+            datastore.create_group(group)
         for group, channel, _ in targets:
             camera = datastore.create_array(group / "camera_data", shape, np.uint16)
             corrected = datastore.create_array(group / "corrected_data", shape, np.uint16)
