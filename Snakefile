@@ -16,6 +16,8 @@ include: "rules/common.smk"
 include: "rules/simulate.smk"
 include: "rules/init.smk"
 include: "rules/ingest.smk"
+include: "rules/deconvolve.smk"
+include: "rules/register.smk"
 include: "rules/datastore.smk"
 
 
@@ -25,5 +27,5 @@ include: "rules/datastore.smk"
 rule all:
     input:
         PIPELINE.datastore_json,
-        PIPELINE.all_stage_markers(),
+        ALL_STAGE_MARKERS,
     default_target: True

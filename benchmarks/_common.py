@@ -80,6 +80,20 @@ def load_average() -> str:
     return " / ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
+def stage_module(name: str):
+    """``merfishflow.stages.<name>`` (current layout) or the older top-level module.
+
+    ``name`` is ``"ingest"`` or ``"init"`` (the latter was ``merfishflow.calibration``).
+    """
+    import importlib
+
+    old = {"ingest": "merfishflow.ingest", "init": "merfishflow.calibration"}[name]
+    try:
+        return importlib.import_module(f"merfishflow.stages.{name}")
+    except ModuleNotFoundError:
+        return importlib.import_module(old)
+
+
 def machine_line(info: dict) -> str:
     pk = ", ".join(f"{k} {v}" for k, v in info["packages"].items())
     return (f"{info['nproc']} CPUs ({info['cpu']}), {info['ram_gib']} GiB RAM, Linux {info['kernel']}, "

@@ -3,7 +3,8 @@
 Measures, in one run on one synthetic experiment (``docs/raw_data.md``
 layout, Poisson camera counts, 0.1 % hot pixels in the dark frame):
 
-1. **Throughput** of :func:`merfishflow.ingest.ingest_tile_round` in MB/s of
+1. **Throughput** of ``ingest_tile_round`` (``merfishflow.stages.ingest``,
+   formerly ``merfishflow.ingest``) in MB/s of
    raw TIFF bytes (1 MB = 10**6 B), against the *baseline*: writing the same
    uint16 arrays (``camera_data`` and ``corrected_data`` of every channel,
    same shapes, chunking and blosc-zstd compression, created through
@@ -17,8 +18,10 @@ layout, Poisson camera counts, 0.1 % hot pixels in the dark frame):
    one ingest, minus the peak RSS of a subprocess that only imports the same
    modules (both read as ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` in a
    minimal parent process that only starts that one child), divided by
-   one tile-round's raw bytes. Target: <= 3. Measured for the base tile and
-   for tiles 2x larger along z and along y.
+   one tile-round's raw bytes. Target: <= 3. Measured for the base tile,
+   for tiles 2x larger along z and along y, and for a thin tile of only
+   ``slab_planes`` z-planes (the job's memory follows the slab, Y x X x
+   slab_planes, not the tile, so that is where the ratio is largest).
 
 Usage
 -----
@@ -50,14 +53,15 @@ import _common  # noqa: E402
 
 MB = 1e6
 TILE, ROUND = "tile0000", "round0000"
-# What an ingest job imports; the memory baseline imports exactly these.
-IMPORTS = "import numpy, tifffile, tensorstore, merfishflow.ingest, merfishflow.datastore, merfishflow.correction"
+# What an ingest job imports (numpy, tifffile, tensorstore, the stage module and what it
+# imports); the memory baseline imports exactly these.
+THIRD_PARTY = ("numpy", "tifffile", "tensorstore")
 
 
 # setup -----------------------------------------------------------------------------------------
 def make_experiment(root: Path, shape_zyx, seed: int) -> int:
     """raw_data for one tile (8 rounds listed, round 0 has a TIFF), then run_init; returns raw bytes."""
-    from merfishflow.calibration import run_init
+    run_init = _common.stage_module("init").run_init
 
     _common.write_metadata(root, shape_zyx=shape_zyx, n_tiles=1, n_rounds=8, dark_frame=True, seed=seed)
     raw_bytes = _common.write_raw_tiff(root / "raw_data" / TILE / f"{ROUND}.tif", shape_zyx, seed=seed + 1)
@@ -66,17 +70,17 @@ def make_experiment(root: Path, shape_zyx, seed: int) -> int:
 
 
 def run_ingest(root: Path, slab_planes: int):
-    from merfishflow.ingest import CorrectionParams, ingest_tile_round
-
-    return ingest_tile_round(root, TILE, ROUND, [0.0, 0.0, 0.0], CorrectionParams(), progress=lambda msg: None,
+    stage = _common.stage_module("ingest")
+    return stage.ingest_tile_round(root, TILE, ROUND, [0.0, 0.0, 0.0], stage.CorrectionParams(), progress=lambda msg: None,
                              slab_planes=slab_planes)
 
 
 # measurements ----------------------------------------------------------------------------------
-def time_ingest(root: Path, slab_planes: int) -> float:
-    t0 = time.perf_counter()
+def time_ingest(root: Path, slab_planes: int) -> tuple[float, float]:
+    """(wall s, CPU s of this process, all threads) of one ingest."""
+    t0, c0 = time.perf_counter(), time.process_time()
     run_ingest(root, slab_planes)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def load_written_arrays(groups) -> list:
@@ -86,13 +90,13 @@ def load_written_arrays(groups) -> list:
     return [(g, datastore.read_array(g, "camera_data"), datastore.read_array(g, "corrected_data")) for g in groups]
 
 
-def time_tensorstore_write(out_dir: Path, arrays, slab_planes: int) -> float:
-    """Write every (camera, corrected) pair with tensorstore only, in the ingest's slab pattern."""
+def time_tensorstore_write(out_dir: Path, arrays, slab_planes: int) -> tuple[float, float]:
+    """Write every (camera, corrected) pair with tensorstore only, in the ingest's slab pattern: (wall s, CPU s)."""
     from merfishflow import datastore
 
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i, (_, camera_data, corrected_data) in enumerate(arrays):
         group = datastore.create_group(out_dir / f"group{i}.zarr")
         z = camera_data.shape[0]
@@ -104,7 +108,7 @@ def time_tensorstore_write(out_dir: Path, arrays, slab_planes: int) -> float:
             w2 = corrected[z0:z1].write(corrected_data[z0:z1])
             w1.result()
             w2.result()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def time_disk_write(path: Path, n_bytes: int, block=16 * 2**20) -> float:
@@ -194,7 +198,11 @@ def measure_memory(tmp: Path, shape_zyx, slab_planes: int, repeats: int, seed: i
 
 
 def run_child(args) -> None:
-    exec(IMPORTS, {})
+    import importlib
+
+    for name in THIRD_PARTY:
+        importlib.import_module(name)
+    _common.stage_module("ingest")
     if args.child == "ingest":
         run_ingest(Path(args.root), args.slab_planes)
 
@@ -236,10 +244,14 @@ def main(argv=None):
         results["breakdown_s"] = ingest_breakdown(root, args.slab_planes)
 
         load = [_common.load_average()]
-        ingest_s, baseline_s, disk_s = [], [], []
+        ingest_s, baseline_s, disk_s, ingest_cpu, baseline_cpu = [], [], [], [], []
         for i in range(args.repeats):
-            ingest_s.append(time_ingest(root, args.slab_planes))
-            baseline_s.append(time_tensorstore_write(tmp / "baseline", arrays, args.slab_planes))
+            wall, cpu = time_ingest(root, args.slab_planes)
+            ingest_s.append(wall)
+            ingest_cpu.append(cpu)
+            wall, cpu = time_tensorstore_write(tmp / "baseline", arrays, args.slab_planes)
+            baseline_s.append(wall)
+            baseline_cpu.append(cpu)
             disk_s.append(time_disk_write(tmp / "disk.bin", raw_bytes))
             load.append(_common.load_average())
             print(f"repeat {i + 1}: ingest {ingest_s[-1]:.2f} s, tensorstore-only {baseline_s[-1]:.2f} s, "
@@ -249,6 +261,7 @@ def main(argv=None):
         results["throughput"] = {
             "raw_bytes": raw_bytes, "stored_bytes": stored,
             "ingest_s": ingest_s, "baseline_s": baseline_s, "disk_s": disk_s, "load_average": load,
+            "ingest_cpu_s": ingest_cpu, "baseline_cpu_s": baseline_cpu,
             "paired_ratios": [b / i for i, b in zip(ingest_s, baseline_s)],
             "ingest_mb_s": raw_bytes / MB / _common.median(ingest_s),
             "baseline_mb_s": raw_bytes / MB / _common.median(baseline_s),
@@ -259,8 +272,12 @@ def main(argv=None):
 
         if not args.no_memory:
             z, y, x = shape
-            results["memory"] = [measure_memory(tmp, s, args.slab_planes, args.memory_repeats, args.seed)
-                                 for s in (shape, (2 * z, y, x), (z, 2 * y, x))]
+            cases = {"base": shape, "2x z": (2 * z, y, x), "2x y": (z, 2 * y, x),
+                     "thin (Z = slab_planes)": (min(z, args.slab_planes), y, x)}
+            results["memory"] = []
+            for label, s in cases.items():
+                results["memory"].append(measure_memory(tmp, s, args.slab_planes, args.memory_repeats, args.seed))
+                results["memory"][-1]["case"] = label
             for m in results["memory"]:
                 print(f"memory {m['shape_czyx']}: +{m['increase_bytes'] / MB:.0f} MB = {m['ratio']:.2f} x raw",
                       flush=True)
@@ -295,6 +312,10 @@ def report(r: dict, args) -> str:
         f"{'met' if t['ratio'] >= 0.7 else 'NOT met'}). Per-repeat ratios (baseline s / ingest s of the same "
         f"repeat): {', '.join(f'{x:.2f}' for x in t['paired_ratios'])}; median "
         f"{_common.median(t['paired_ratios']):.2f}.",
+        f"CPU seconds of the process (all threads; insensitive to other load): ingest "
+        f"{', '.join(f'{x:.2f}' for x in t['ingest_cpu_s'])}, baseline "
+        f"{', '.join(f'{x:.2f}' for x in t['baseline_cpu_s'])}; CPU ratio baseline / ingest = "
+        f"{_common.median(t['baseline_cpu_s']) / _common.median(t['ingest_cpu_s']):.2f}.",
         f"Load average (1/5/15 min) before the first repeat and after each: {'; '.join(t['load_average'])}.",
     ]
     b = r["breakdown_s"]
@@ -302,10 +323,10 @@ def report(r: dict, args) -> str:
               f"TIFF read {b['tiff_read']:.2f} s, sha256 {b['sha256']:.2f} s, correct_counts {b['correct']:.2f} s, "
               f"to_uint16 {b['to_uint16']:.2f} s."]
     if "memory" in r:
-        lines += ["", "| tile-round (C, Z, Y, X) | raw MB | baseline RSS MB (imports only) | ingest peak RSS MB | "
-                  "increase MB | increase / raw |", "|---|---|---|---|---|---|"]
+        lines += ["", "| case | tile-round (C, Z, Y, X) | raw MB | baseline RSS MB (imports only) | ingest peak RSS MB | "
+                  "increase MB | increase / raw |", "|---|---|---|---|---|---|---|"]
         for m in r["memory"]:
-            lines.append(f"| {tuple(m['shape_czyx'])} | {m['raw_bytes'] / MB:.1f} | {m['baseline_rss_bytes'] / MB:.0f} | "
+            lines.append(f"| {m['case']} | {tuple(m['shape_czyx'])} | {m['raw_bytes'] / MB:.1f} | {m['baseline_rss_bytes'] / MB:.0f} | "
                          f"{m['ingest_peak_rss_bytes'] / MB:.0f} | {m['increase_bytes'] / MB:.0f} | "
                          f"**{m['ratio']:.2f}** |")
         worst = max(m["ratio"] for m in r["memory"])

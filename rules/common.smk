@@ -6,6 +6,8 @@ from merfishflow.workflow import WILDCARD_CONSTRAINTS, Pipeline
 
 config = validate_config(config, source="config", schema_path=Path(workflow.basedir) / "config" / "schema.yaml")
 PIPELINE = Pipeline.from_config(config)
+# Built once: with 1000 tiles it is ~30 000 paths, used by two rules.
+ALL_STAGE_MARKERS = PIPELINE.all_stage_markers()
 
 
 wildcard_constraints:
@@ -22,3 +24,19 @@ def ingest_runtime(wildcards, attempt):
 
 def stage_position(wildcards):
     return PIPELINE.stage_position(wildcards.tile)
+
+
+def decon_mem_mb(wildcards, attempt):
+    return PIPELINE.decon_mem_mb(attempt)
+
+
+def decon_runtime(wildcards, attempt):
+    return PIPELINE.decon_runtime_min(attempt)
+
+
+def register_mem_mb(wildcards, attempt):
+    return PIPELINE.register_mem_mb(attempt)
+
+
+def register_runtime(wildcards, attempt):
+    return PIPELINE.register_runtime_min(attempt)

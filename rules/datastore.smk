@@ -1,7 +1,7 @@
 # datastore.json: the manifest and the state of every stage, read from the markers.
 rule datastore:
     input:
-        PIPELINE.all_stage_markers(),
+        ALL_STAGE_MARKERS,
     output:
         PIPELINE.datastore_json,
     log:

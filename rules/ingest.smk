@@ -18,6 +18,7 @@ for round_ in PIPELINE.experiment.rounds:
             slab_planes=config["ingest"]["slab_planes"],
         log:
             PIPELINE.log("ingest", "{tile}_" + round_),
+        threads: 2
         resources:
             mem_mb=ingest_mem_mb,
             runtime=ingest_runtime,

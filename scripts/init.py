@@ -1,5 +1,5 @@
 """Rule init: raw_data metadata and optics into calibrations.zarr."""
-from merfishflow.calibration import run_init
+from merfishflow.stages.init import run_init
 from merfishflow.jobs import run_job
 from merfishflow.paths import experiment_of
 

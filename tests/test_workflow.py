@@ -14,7 +14,7 @@ from conftest import (REPO, TINY_SIMULATION, file_bytes, planned_jobs, run_snake
                       write_config)
 from merfishflow import datastore
 from merfishflow.errors import IncompleteDataError, InputError
-from merfishflow.ingest import CorrectionParams, ingest_tile_round
+from merfishflow.stages.ingest import CorrectionParams, ingest_tile_round
 from merfishflow.metadata import load_experiment
 from merfishflow.paths import ExperimentPaths
 from merfishflow.simulation import simulate_experiment
@@ -40,7 +40,7 @@ def test_demo_run_writes_the_datastore(demo_run):
     assert doc["Version"] == 1
     assert doc["manifest"]["tiles"] == ["tile0000", "tile0001"]
     assert len(doc["manifest"]["rounds"]) == N_ROUNDS
-    assert doc["stages"]["init"]["complete"] and doc["stages"]["ingest"]["complete"]
+    assert all(state["complete"] for state in doc["stages"].values()) and len(doc["stages"]) == 5
     for tile in doc["manifest"]["tiles"]:
         for round_ in doc["manifest"]["rounds"]:
             attrs = datastore.read_marker(paths.fiducial_group(tile, round_))
@@ -63,8 +63,9 @@ def test_changing_a_correction_parameter_reruns_only_correction(demo_copy):
     workdir, config, _ = demo_copy
     write_config(config, "experiment", correction={"hot_pixel_sigma": 12.0})
     jobs = planned_jobs(workdir, config)
-    assert set(jobs) == {f"ingest_round{r:04d}" for r in range(N_ROUNDS)} | {"datastore", "all"}
-    assert all(jobs[f"ingest_round{r:04d}"] == N_TILES for r in range(N_ROUNDS))
+    per_round = {f"{stage}_round{r:04d}" for stage in ("ingest", "deconvolve") for r in range(N_ROUNDS)}
+    assert set(jobs) == per_round | {"register_local", "register_global", "datastore", "all"}
+    assert all(jobs[name] == N_TILES for name in per_round) and jobs["register_local"] == N_TILES
 
 
 def test_two_runs_from_scratch_are_byte_identical(demo_run, tmp_path):
@@ -103,7 +104,8 @@ def test_crash_mid_write_leaves_nothing_complete_and_rerun_is_identical(demo_run
     assert states["ingest"]["incomplete"] == ["tile0001"]
 
     jobs = planned_jobs(workdir, config)
-    assert jobs == {"ingest_round0002": 1, "datastore": 1, "all": 1}
+    assert jobs == {"ingest_round0002": 1, "deconvolve_round0002": 1, "register_local": 1, "register_global": 1,
+                    "datastore": 1, "all": 1}
     run_snakemake(workdir, config)
     assert file_bytes(experiment_dir / "qi2labdatastore") == file_bytes(clean / "qi2labdatastore")
 
@@ -117,18 +119,25 @@ def test_adding_a_tile_runs_only_the_new_tiles_jobs(tmp_path):
     config = write_config(tmp_path / "config.yaml", "experiment", simulated=False)
     run_snakemake(tmp_path, config)
     tile0 = experiment_dir / "qi2labdatastore" / "polyDT" / "tile0000"
-    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tile0.rglob("*") if p.is_file()}
+
+    def tile0_files():
+        return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tile0.rglob("*")
+                if p.is_file() and "global_registration" not in p.parts}
+
+    before = tile0_files()
 
     stage_csv.write_text(full)
     result = run_snakemake(tmp_path, config, "-n")
     jobs = planned_jobs(tmp_path, config)
-    assert jobs == {**{f"ingest_round{r:04d}": 1 for r in range(N_ROUNDS)}, "datastore": 1, "all": 1}
+    per_round = {f"{stage}_round{r:04d}": 1 for stage in ("ingest", "deconvolve") for r in range(N_ROUNDS)}
+    # Global registration is experiment-wide: a new tile changes every tile's refined position.
+    assert jobs == {**per_round, "register_local": 1, "register_global": 1, "datastore": 1, "all": 1}
     assert "tile=tile0000" not in result.stdout and "tile=tile0001" in result.stdout
     run_snakemake(tmp_path, config)
-    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tile0.rglob("*") if p.is_file()}
-    assert after == before
+    assert tile0_files() == before
     doc = json.loads((experiment_dir / "qi2labdatastore" / "datastore.json").read_text())
-    assert doc["manifest"]["tiles"] == ["tile0000", "tile0001"] and doc["stages"]["ingest"]["complete"]
+    assert doc["manifest"]["tiles"] == ["tile0000", "tile0001"]
+    assert all(state["complete"] for state in doc["stages"].values())
 
 
 # Bad input through the whole workflow: the message reaches the user and nothing is marked complete.
@@ -203,8 +212,9 @@ def test_status_command_reports_markers(demo_run):
     result = subprocess.run([sys.executable, "-m", "merfishflow.cli", "status", str(experiment_dir)],
                             capture_output=True, text=True)
     assert result.returncode == 0
-    assert "init       complete   1/1" in result.stdout
-    assert "ingest     complete   2/2" in result.stdout
+    for stage, units in (("init", 1), ("ingest", 2), ("deconvolve", 2), ("register_local", 2),
+                         ("register_global", 2)):
+        assert f"  {stage:<16} complete   {units}/{units}" in result.stdout
 
 
 def test_stale_marker_copy_is_not_taken_as_complete(demo_copy):

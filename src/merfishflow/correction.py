@@ -104,7 +104,8 @@ def correct_counts(counts, offset_adu, e_per_adu, hot_flat, neighbours):
         ``max(counts - offset, 0) * e_per_adu``; each hot pixel holds the
         median of its usable neighbours in the same plane.
     """
-    out = np.asarray(counts, dtype=np.float32) - np.asarray(offset_adu, dtype=np.float32)
+    out = np.array(counts, dtype=np.float32)  # the one full-size copy; the rest is in place
+    np.subtract(out, np.asarray(offset_adu, dtype=np.float32), out=out)
     np.maximum(out, 0, out=out)
     out *= np.float32(e_per_adu)
     if len(hot_flat):
@@ -116,7 +117,11 @@ def correct_counts(counts, offset_adu, e_per_adu, hot_flat, neighbours):
 
 
 def to_uint16(electrons):
-    """Round photoelectrons to uint16, saturating at 65535; returns (array, n_saturated)."""
-    rounded = np.rint(electrons)
-    saturated = int(np.count_nonzero(rounded > 65535))
-    return np.clip(rounded, 0, 65535).astype(np.uint16), saturated
+    """Round non-negative float32 photoelectrons to uint16, saturating at 65535.
+
+    Works in place on ``electrons``; returns (array, n_saturated).
+    """
+    np.rint(electrons, out=electrons)
+    saturated = int(np.count_nonzero(electrons > 65535))
+    np.clip(electrons, 0, 65535, out=electrons)
+    return electrons.astype(np.uint16), saturated

@@ -144,28 +144,70 @@ def _spec(path, shape=None, dtype=None):
     return spec
 
 
-def _context():
+_CONTEXTS = {}
+
+
+def _context(threads=1):
+    """A shared tensorstore context whose codec uses ``threads`` threads.
+
+    Each z-plane chunk is compressed by one thread on its own, so the number
+    of threads changes the speed, never the bytes. Jobs pass their Snakemake
+    ``threads`` so a job never uses more cores than it asked the scheduler for.
+    """
     import tensorstore as ts
 
-    # One thread for the codec and the file I/O keeps memory bounded and
-    # makes the work per job predictable on shared nodes.
-    return ts.Context({"data_copy_concurrency": {"limit": 1}, "file_io_concurrency": {"limit": 2}})
+    threads = max(1, int(threads))
+    if threads not in _CONTEXTS:
+        _CONTEXTS[threads] = ts.Context({"data_copy_concurrency": {"limit": threads},
+                                         "file_io_concurrency": {"limit": max(2, threads)}})
+    return _CONTEXTS[threads]
 
 
-def create_array(path, shape, dtype):
+def create_array(path, shape, dtype, *, threads=1):
     """Create (or replace) a zarr v2 array chunked by z-plane; returns a tensorstore handle.
 
     Write planes or blocks with ``handle[z0:z1].write(block).result()``.
     """
     import tensorstore as ts
 
-    return ts.open(_spec(path, shape, dtype), create=True, delete_existing=True, context=_context()).result()
+    return ts.open(_spec(path, shape, dtype), create=True, delete_existing=True,
+                   context=_context(threads)).result()
+
+
+def write_marked_array(path, data, attrs: dict, *, threads=1) -> Path:
+    """Write an array that is its own job's output: data first, then its ``.zattrs`` marker.
+
+    The marker records the array's shape, dtype and chunks next to ``attrs``;
+    :func:`open_marked_array` checks both.
+    """
+    path = Path(path)
+    remove_marker(path)
+    handle = create_array(path, data.shape, data.dtype, threads=threads)
+    handle.write(np.ascontiguousarray(data)).result()
+    body = dict(attrs)
+    body.update(array_record(data))
+    return write_marker(path, body)
 
 
 def write_array(path, data) -> None:
     """Write a whole in-memory array (small arrays: calibrations, fields)."""
     handle = create_array(path, data.shape, data.dtype)
     handle.write(np.ascontiguousarray(data)).result()
+
+
+def _open_checked(path, expected: dict):
+    import tensorstore as ts
+
+    try:
+        handle = ts.open(_spec(path), open=True, read=True, context=_context()).result()
+    except ValueError as err:
+        raise IncompleteDataError(f"{path}: cannot be opened as a zarr array ({err})") from None
+    if list(handle.shape) != list(expected["shape"]) or handle.dtype.numpy_dtype != np.dtype(expected["dtype"]):
+        raise IncompleteDataError(
+            f"{path}: shape {list(handle.shape)} / dtype {handle.dtype.numpy_dtype} differ from the marker's "
+            f"{expected['shape']} / {expected['dtype']}; the array was changed after it was written"
+        )
+    return handle
 
 
 def open_array(group, name):
@@ -183,24 +225,25 @@ def open_array(group, name):
     tensorstore.TensorStore
         Read with ``handle[...].read().result()``.
     """
-    import tensorstore as ts
-
     attrs = read_marker(group)
     arrays = attrs.get("arrays", {})
     if name not in arrays:
         raise InputError(f"{Path(group) / MARKER}: no array {name!r} recorded; it has {sorted(arrays)}")
-    path = Path(group) / name
+    return _open_checked(Path(group) / name, arrays[name])
+
+
+def open_marked_array(path):
+    """Open an array that is its own job's output: its ``.zattrs`` (with shape and dtype) is the marker."""
+    return _open_checked(Path(path), read_marker(path))
+
+
+def read_marked_array(path) -> np.ndarray:
+    """The whole array at ``path`` (its own marker checked) as numpy."""
+    handle = open_marked_array(path)
     try:
-        handle = ts.open(_spec(path), open=True, read=True, context=_context()).result()
+        return handle.read().result()
     except ValueError as err:
-        raise IncompleteDataError(f"{path}: cannot be opened as a zarr array ({err})") from None
-    expected = arrays[name]
-    if list(handle.shape) != list(expected["shape"]) or handle.dtype.numpy_dtype != np.dtype(expected["dtype"]):
-        raise IncompleteDataError(
-            f"{path}: shape {list(handle.shape)} / dtype {handle.dtype.numpy_dtype} differ from the marker's "
-            f"{expected['shape']} / {expected['dtype']}; the array was changed after it was written"
-        )
-    return handle
+        raise IncompleteDataError(f"{path}: unreadable ({err}); rerun the job that writes it") from None
 
 
 def read_array(group, name) -> np.ndarray:

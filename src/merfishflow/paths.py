@@ -13,6 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
+from .naming import round_name
+
+# Arrays and subgroups inside a tile's round or bit group (DESIGN.md §2).
+CAMERA_DATA = "camera_data"
+CORRECTED_DATA = "corrected_data"
+DECON_DATA = "decon_data"
+REGISTERED_DATA = "registered_decon_data"
+FLOW_FIELD = "of_xyz_3x_downsample"
+GLOBAL_REGISTRATION = "global_registration"
 
 
 def inside(base: Path, relative: str, what: str) -> Path:
@@ -91,6 +100,17 @@ class ExperimentPaths:
 
     def readout_group(self, tile: str, bit: str) -> Path:
         return self.datastore / "readouts" / tile / f"{bit}.zarr"
+
+    def fiducial_array(self, tile: str, round_: str, name: str) -> Path:
+        """An array (or subgroup) of a fiducial round group, e.g. ``decon_data``."""
+        return self.fiducial_group(tile, round_) / name
+
+    def readout_array(self, tile: str, bit: str, name: str) -> Path:
+        return self.readout_group(tile, bit) / name
+
+    def global_registration(self, tile: str) -> Path:
+        """Subgroup of a tile's round-0 fiducial holding its global placement (docs/datastore.md)."""
+        return self.fiducial_group(tile, round_name(0)) / GLOBAL_REGISTRATION
 
     @property
     def provenance(self) -> Path:

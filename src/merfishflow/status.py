@@ -13,21 +13,33 @@ from pathlib import Path
 from . import datastore
 from .fileio import canonical_json, write_text
 from .metadata import Experiment
-from .paths import ExperimentPaths
+from .paths import DECON_DATA, FLOW_FIELD, REGISTERED_DATA, ExperimentPaths
 
 DATASTORE_VERSION = 1
-# Stages in pipeline order; later issues add theirs here.
-STAGES = ("init", "ingest")
+# Stages in pipeline order.
+STAGES = ("init", "ingest", "deconvolve", "register_local", "register_global")
+
+
+def tile_markers(experiment: Experiment, paths: ExperimentPaths, tile: str) -> dict:
+    """``{stage: [marker folders]}`` that the per-tile stages write for one tile."""
+    rounds, bits = experiment.rounds, experiment.bits
+    ingest = [paths.fiducial_group(tile, r) for r in rounds] + [paths.readout_group(tile, b) for b in bits]
+    decon = ([paths.fiducial_array(tile, r, DECON_DATA) for r in rounds]
+             + [paths.readout_array(tile, b, DECON_DATA) for b in bits])
+    local = ([paths.fiducial_array(tile, r, REGISTERED_DATA) for r in rounds]
+             + [paths.fiducial_array(tile, r, FLOW_FIELD) for r in rounds[1:]]
+             + [paths.readout_array(tile, b, REGISTERED_DATA) for b in bits])
+    return {"ingest": ingest, "deconvolve": decon, "register_local": local,
+            "register_global": [paths.global_registration(tile)]}
 
 
 def stage_groups(experiment: Experiment, paths: ExperimentPaths) -> dict:
-    """``{stage: {tile or "experiment": [group paths]}}`` of every marker a stage writes."""
-    ingest = {}
+    """``{stage: {tile or "experiment": [marker folders]}}`` of every marker a stage writes."""
+    out = {"init": {"experiment": [paths.calibrations]}}
     for tile in experiment.tiles:
-        groups = [paths.fiducial_group(tile, r) for r in experiment.rounds]
-        groups += [paths.readout_group(tile, b) for b in experiment.bits]
-        ingest[tile] = groups
-    return {"init": {"experiment": [paths.calibrations]}, "ingest": ingest}
+        for stage, markers in tile_markers(experiment, paths, tile).items():
+            out.setdefault(stage, {})[tile] = markers
+    return out
 
 
 def stage_states(experiment: Experiment, experiment_dir) -> dict:
@@ -67,7 +79,7 @@ def format_status(experiment: Experiment, experiment_dir) -> str:
              f"{experiment.n_bits} bits"]
     for stage, state in stage_states(experiment, experiment_dir).items():
         flag = "complete" if state["complete"] else "incomplete"
-        line = f"  {stage:<10} {flag:<10} {state['units_complete']}/{state['units_total']}"
+        line = f"  {stage:<16} {flag:<10} {state['units_complete']}/{state['units_total']}"
         if state["incomplete"]:
             shown = ", ".join(state["incomplete"][:8]) + (" ..." if len(state["incomplete"]) > 8 else "")
             line += f"  missing: {shown}"

@@ -244,12 +244,14 @@ def register_tiles(images, nominal_um, voxel_size_zyx_um, *, min_score=MIN_PAIR_
     extent = shape * voxel
     pairs = []
     for i in range(len(nominal)):
+        image_i = None
         for j in range(i + 1, len(nominal)):
             distance = np.abs(nominal[j] - nominal[i])[1:]
             # Edge neighbours only: corner overlaps are too small to correlate reliably.
             if np.any(distance >= extent[1:]) or np.all(distance > 0.5 * extent[1:]):
                 continue
-            result = pair_offset(load(i), load(j), nominal[i], nominal[j], voxel)
+            image_i = load(i) if image_i is None else image_i
+            result = pair_offset(image_i, load(j), nominal[i], nominal[j], voxel)
             if result is None:
                 continue
             offset, score, n_vox = result

@@ -14,8 +14,8 @@ import math
 from dataclasses import dataclass
 
 from .metadata import Experiment, load_experiment
-from .paths import ExperimentPaths, marker
-from .status import stage_groups
+from .paths import DECON_DATA, REGISTERED_DATA, ExperimentPaths, marker
+from .status import stage_groups, tile_markers
 
 TILE_WILDCARD = "{tile}"
 WILDCARD_CONSTRAINTS = {"tile": r"tile\d{4}"}
@@ -94,6 +94,26 @@ class Pipeline:
         groups += [self.paths.readout_group(tile, bit) for bit, _ in self.experiment.bits_of_round(round_)]
         return [str(marker(g)) for g in groups]
 
+    def decon_markers(self, round_: str, tile: str = TILE_WILDCARD) -> list[str]:
+        """Markers one deconvolution job writes: the round's fiducial, then its readout bits."""
+        arrays = [self.paths.fiducial_array(tile, round_, DECON_DATA)]
+        arrays += [self.paths.readout_array(tile, bit, DECON_DATA) for bit, _ in self.experiment.bits_of_round(round_)]
+        return [str(marker(a)) for a in arrays]
+
+    def all_decon_markers(self, tile: str = TILE_WILDCARD) -> list[str]:
+        return [m for r in self.experiment.rounds for m in self.decon_markers(r, tile)]
+
+    def register_local_markers(self, tile: str = TILE_WILDCARD) -> list[str]:
+        return [str(marker(a)) for a in tile_markers(self.experiment, self.paths, tile)["register_local"]]
+
+    def register_global_inputs(self) -> list[str]:
+        """Round-0 registered fiducials of every tile."""
+        round0 = self.experiment.rounds[0]
+        return [str(marker(self.paths.fiducial_array(t, round0, REGISTERED_DATA))) for t in self.experiment.tiles]
+
+    def register_global_markers(self) -> list[str]:
+        return [str(marker(self.paths.global_registration(t))) for t in self.experiment.tiles]
+
     def all_stage_markers(self) -> list[str]:
         """Every marker of every stage, for the datastore summary job."""
         out = []
@@ -113,7 +133,40 @@ class Pipeline:
         """Memory of one ingest job: the interpreter plus a few slabs of one channel, doubled per retry."""
         z, y, x = self.experiment.image_shape_zyx
         slab_mb = min(self.config["ingest"]["slab_planes"], z) * y * x * 2 / 2**20
-        return int(math.ceil(600 + 12 * slab_mb)) * attempt
+        # Measured (benchmarks/RESULTS.md): ~60 MB of imports plus 13-17 slabs at the peak.
+        return int(math.ceil(600 + 20 * slab_mb)) * attempt
+
+    @property
+    def _voxels(self) -> int:
+        z, y, x = self.experiment.image_shape_zyx
+        return z * y * x
+
+    def decon_mem_mb(self, attempt: int = 1) -> int:
+        """One channel at a time: uint16 in and out, the float32 estimate, and the per-block FFT buffers."""
+        from .deconvolution import richardson_lucy_peak_bytes
+        from .psf import psf_shape_zyx
+
+        longest = max(c.emission_um for c in self.experiment.channels)
+        psf_shape = psf_shape_zyx(self.experiment.voxel_size_zyx_um, longest, self.experiment.numerical_aperture)
+        settings = self.config["deconvolution"]
+        blocks = richardson_lucy_peak_bytes(self.experiment.image_shape_zyx, psf_shape, settings["tile_yx"],
+                                            settings["overlap_yx"])
+        return int(math.ceil(600 + 1.2 * (blocks + 2 * self._voxels) / 2**20)) * attempt
+
+    def decon_runtime_min(self, attempt: int = 1) -> int:
+        """Channels of a round x voxels x iterations at 2 Mvoxel-iterations/s per core (benchmarks/RESULTS.md)."""
+        channels = len(self.experiment.channels)
+        work = channels * self._voxels * self.config["deconvolution"]["iterations"]
+        return int(math.ceil(5 + work / 2e6 / 60)) * attempt
+
+    def register_mem_mb(self, attempt: int = 1) -> int:
+        """Reference, moving and resampled volumes in float32 plus the phase correlation's complex FFTs."""
+        return int(math.ceil(800 + 48 * self._voxels / 2**20)) * attempt
+
+    def register_runtime_min(self, attempt: int = 1) -> int:
+        """All rounds and bits of a tile at 1 Mvoxel/s per volume (benchmarks/RESULTS.md)."""
+        volumes = len(self.experiment.rounds) + self.experiment.n_bits
+        return int(math.ceil(5 + volumes * self._voxels / 1e6 / 60)) * attempt
 
     def ingest_runtime_min(self, attempt: int = 1) -> int:
         """Minutes for one ingest job: 20 MB/s worst case on a shared file system, plus start-up."""

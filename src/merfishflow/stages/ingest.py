@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import datastore
-from .correction import correct_counts, find_hot_pixels, neighbour_index, to_uint16
-from .errors import InputError
-from .naming import bit_name
-from .paths import ExperimentPaths
+from .. import datastore
+from ..correction import correct_counts, find_hot_pixels, neighbour_index, to_uint16
+from ..errors import InputError
+from ..naming import bit_name
+from ..paths import ExperimentPaths
 
 ARRAYS = ("camera_data", "corrected_data")
 
@@ -76,7 +76,7 @@ def _open_tiff(path: Path, n_channels: int, shape_zyx):
 
 
 def ingest_tile_round(experiment_dir, tile, round_, stage_zyx_um, params=CorrectionParams(), progress=print,
-                      slab_planes=8):
+                      slab_planes=8, threads=1):
     """Ingest and correct one tile and round; markers are written last.
 
     Parameters
@@ -93,6 +93,8 @@ def ingest_tile_round(experiment_dir, tile, round_, stage_zyx_um, params=Correct
     slab_planes : int
         z-planes read and corrected at once (memory vs. call overhead; does
         not change the output).
+    threads : int
+        Compression threads (does not change the output).
 
     Returns
     -------
@@ -126,22 +128,25 @@ def ingest_tile_round(experiment_dir, tile, round_, stage_zyx_um, params=Correct
         for group, _, _ in targets:
             datastore.remove_marker(group)
             datastore.create_group(group)
+        pending = []  # the previous slab's writes, finished while the next slab is read and corrected
         for group, channel, _ in targets:
-            camera = datastore.create_array(group / "camera_data", shape, np.uint16)
-            corrected = datastore.create_array(group / "corrected_data", shape, np.uint16)
+            camera = datastore.create_array(group / "camera_data", shape, np.uint16, threads=threads)
+            corrected = datastore.create_array(group / "corrected_data", shape, np.uint16, threads=threads)
             saturated[group] = 0
             for z0 in range(0, z, slab_planes):
                 z1 = min(z, z0 + slab_planes)
                 first = channel * z + z0
                 counts = tif.asarray(key=range(first, first + z1 - z0)).reshape(z1 - z0, *shape[1:])
-                write_camera = camera[z0:z1].write(counts)
                 pixel_digest.update(np.ascontiguousarray(counts).data)
                 electrons, n_sat = to_uint16(correct_counts(counts, offset, gain, hot_flat, neighbours))
                 saturated[group] += n_sat
-                write_corrected = corrected[z0:z1].write(electrons)
-                write_camera.result()
-                write_corrected.result()
+                for future in pending:
+                    future.result()
+                pending = [camera[z0:z1].write(counts), corrected[z0:z1].write(electrons)]
+                del counts, electrons
                 progress(f"{tile} {round_} {channels[channel]['name']}: planes {z0}-{z1 - 1} of {z} written")
+        for future in pending:
+            future.result()
 
     common = {
         "stage": "ingest",

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import datastore
-from .errors import InputError
-from .metadata import Experiment, load_experiment
-from .paths import ExperimentPaths
-from .psf import psf_shape_zyx, widefield_psf
+from .. import datastore
+from ..errors import InputError
+from ..metadata import Experiment, load_experiment
+from ..paths import ExperimentPaths
+from ..psf import psf_shape_zyx, widefield_psf
 
 NOISE_MAP_PLANES = ["offset_adu", "e_per_adu", "known_hot_pixel"]
 

@@ -1,0 +1,14 @@
+"""Rule register_global: refine every tile's position from the overlaps of the round-0 fiducials."""
+from merfishflow.jobs import run_job
+from merfishflow.naming import tile_name
+from merfishflow.paths import experiment_of
+from merfishflow.stages.register import RegistrationParams, register_experiment
+
+
+def main(smk, progress):
+    tiles = [tile_name(t) for t in range(len(smk.params.stage_positions))]
+    register_experiment(experiment_of(smk.output[0]), tiles, smk.params.stage_positions,
+                        RegistrationParams(**smk.params.registration), progress=progress)
+
+
+run_job(snakemake, main)  # noqa: F821 (injected by Snakemake)

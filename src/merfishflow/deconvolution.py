@@ -1,0 +1,592 @@
+"""3D Richardson–Lucy deconvolution, tiled in y/x, on the CPU (scipy.fft) or a GPU (cupy).
+
+Pure functions in the style of scikit-image: arrays in, arrays out, no file
+I/O and nothing Snakemake-specific. The PSF is the one the simulator renders
+with and ``calibrations.zarr/psf_data`` stores (:func:`merfishflow.psf.widefield_psf`:
+float32, odd support, unit sum); the caller checks that it was computed for the
+image's voxel size with :func:`check_psf_matches`.
+
+Algorithm
+---------
+Richardson–Lucy (Richardson 1972, Lucy 1974) for Poisson data ``d`` and a
+PSF ``h`` normalised to unit sum::
+
+    u_0     = mean(d)                                  (flat, whole image)
+    u_{k+1} = u_k * correlate(d / max(convolve(u_k, h), eps), h)
+
+with ``eps = 1e-6 * mean(d)`` guarding the division and the final estimate
+clipped at 0 (FFT round-off can leave tiny negative values). Convolution and
+correlation use real FFTs (``rfftn``/``irfftn``) of the block padded to a
+fast FFT length; the PSF's transfer function (OTF) and its complex conjugate
+(for the correlation) are computed once per block shape, so one iteration
+costs exactly two forward and two inverse real FFTs plus five element-wise
+passes. Everything is float32 / complex64.
+
+Boundaries and tiling
+---------------------
+Each block is padded per side by the PSF half-size in z and twice the PSF
+half-size in y/x (``pad_mode`` ``"reflect"`` (default) or ``"edge"`` beyond the
+image border; real neighbouring data inside the image) and further to ``scipy.fft.next_fast_len(..., real=True)``.
+With ``tile_yx`` the volume is cut in y/x into *cores* of at most ``tile_yx``
+voxels (the full z extent always); each block is its core plus
+``overlap_yx`` voxels of margin per side plus the padding. Neighbouring
+blocks are blended with a raised-cosine ramp over the ``overlap_yx``-wide
+band centred on the core boundary (their weights sum to 1); the outer half of
+each margin and the padding are context only. All blocks have the same shape,
+so the OTF is computed once, and only one block's buffers are alive at a
+time: see :func:`richardson_lucy_peak_bytes`.
+
+Stopping
+--------
+With ``stop_tolerance`` a block stops after the first iteration ``k`` whose
+relative change ``||u_k - u_{k-1}||_2 / ||u_{k-1}||_2`` (L2 norms over the
+whole padded block) is below the tolerance, or after ``n_iter``. Blocks stop
+independently, so in tiled mode neighbouring blocks may use different
+iteration counts (their difference is then of the order of the tolerance).
+Pass ``return_info=True`` to get the counts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft as sfft
+
+from .errors import InputError
+
+__all__ = [
+    "RichardsonLucyInfo",
+    "check_psf_matches",
+    "default_overlap_yx",
+    "richardson_lucy",
+    "richardson_lucy_peak_bytes",
+]
+
+PAD_MODES = ("reflect", "edge")
+# Lateral padding / context beyond the margins, in PSF half-sizes (z uses 1). With 1, the circular
+# wrap of the padded block changed the outermost image voxels by up to 0.7 % of the maximum between
+# tiled and untiled runs (30 iterations); with 2, 0.1 %; the FFT block grows by ~4 % laterally.
+PAD_FACTOR_YX = 2
+EPS_RELATIVE = 1e-6  # division guard, relative to the image mean
+
+
+# results -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RichardsonLucyInfo:
+    """What :func:`richardson_lucy` did (returned with ``return_info=True``).
+
+    Attributes
+    ----------
+    iterations : ndarray of int, shape (n_blocks_y, n_blocks_x)
+        Iterations run in every block (``n_iter`` unless it stopped early).
+    final_change : ndarray of float, shape (n_blocks_y, n_blocks_x)
+        Relative L2 change of each block's last iteration; NaN when
+        ``stop_tolerance`` is None (it is not computed then).
+    fft_shape_zyx : tuple of 3 int
+        Padded block shape the FFTs ran on.
+    backend : str
+        ``"numpy"`` or ``"cupy"``.
+    """
+
+    iterations: np.ndarray
+    final_change: np.ndarray
+    fft_shape_zyx: tuple
+    backend: str
+
+    @property
+    def max_iterations(self) -> int:
+        """Largest iteration count of any block."""
+        return int(self.iterations.max())
+
+
+# validation --------------------------------------------------------------------------------------
+def check_psf_matches(psf_voxel_size_zyx_um, image_voxel_size_zyx_um, *, rtol=1e-3):
+    """Raise :class:`InputError` unless the PSF was sampled on the image's voxel grid.
+
+    Parameters
+    ----------
+    psf_voxel_size_zyx_um, image_voxel_size_zyx_um : sequence of 3 float
+        (dz, dy, dx) in µm of the PSF and of the image.
+    rtol : float
+        Relative tolerance per axis.
+
+    Raises
+    ------
+    InputError
+        If either is not 3 positive finite numbers, or they differ by more
+        than ``rtol`` in any axis; the message names both values.
+    """
+    def as_voxel(value, name):
+        try:
+            v = tuple(float(x) for x in value)
+        except (TypeError, ValueError):
+            raise InputError(f"{name}={value!r} must be 3 numbers (dz, dy, dx) in µm") from None
+        if len(v) != 3 or not all(math.isfinite(x) and x > 0 for x in v):
+            raise InputError(f"{name}={value!r} must be 3 positive numbers (dz, dy, dx) in µm")
+        return v
+
+    psf_v = as_voxel(psf_voxel_size_zyx_um, "psf_voxel_size_zyx_um")
+    img_v = as_voxel(image_voxel_size_zyx_um, "image_voxel_size_zyx_um")
+    if not np.allclose(psf_v, img_v, rtol=rtol, atol=0):
+        raise InputError(
+            f"PSF voxel size {list(psf_v)} µm does not match the image voxel size {list(img_v)} µm (z, y, x); "
+            "recompute the PSF (merfishflow.psf.widefield_psf) for the image's voxel size"
+        )
+
+
+def _check_psf(psf) -> np.ndarray:
+    psf = np.asarray(psf)
+    if psf.ndim != 3:
+        raise InputError(f"psf must be a 3D (z, y, x) array, got {psf.ndim} dimensions, shape {psf.shape}")
+    if any(n % 2 == 0 for n in psf.shape):
+        raise InputError(f"psf must have an odd size in every axis (centred PSF), got shape {psf.shape}")
+    if not np.issubdtype(psf.dtype, np.number) or np.iscomplexobj(psf):
+        raise InputError(f"psf must be real-valued, got dtype {psf.dtype}")
+    psf = psf.astype(np.float64)
+    if not np.all(np.isfinite(psf)):
+        raise InputError("psf contains NaN or infinite values")
+    if psf.min() < 0:
+        raise InputError(f"psf must be non-negative, its minimum is {psf.min():g}")
+    total = psf.sum()
+    if not total > 0:
+        raise InputError("psf sums to 0")
+    return (psf / total).astype(np.float32)
+
+
+def _pair(value, name, minimum):
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (value, value)
+    try:
+        pair = tuple(int(v) for v in value)
+        ok = len(pair) == 2 and all(float(a) == float(b) for a, b in zip(pair, value))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or any(v < minimum for v in pair):
+        raise InputError(f"{name}={value!r} must be an integer or a pair of integers >= {minimum}")
+    return pair
+
+
+def _scan_image(image) -> float:
+    """Check ``image`` (finite, non-negative) plane by plane; return its mean (float64)."""
+    if image.ndim != 3:
+        raise InputError(f"image must be a 3D (z, y, x) array, got {image.ndim} dimensions, shape {image.shape}")
+    if image.size == 0:
+        raise InputError(f"image is empty, shape {image.shape}")
+    if image.dtype == bool or not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        raise InputError(f"image must have an integer or floating dtype, got {image.dtype}")
+    floating = np.issubdtype(image.dtype, np.floating)
+    signed = np.issubdtype(image.dtype, np.signedinteger)
+    total = 0.0
+    for z, plane in enumerate(image):
+        if floating and not np.all(np.isfinite(plane)):
+            raise InputError(f"image contains NaN or infinite values (first in plane z={z})")
+        if (floating or signed) and plane.min() < 0:
+            raise InputError(f"image must be non-negative (subtract the camera offset and clip first); "
+                             f"plane z={z} has minimum {plane.min()}")
+        total += float(np.sum(plane, dtype=np.float64))
+    return total / image.size
+
+
+# geometry ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _AxisBlock:
+    start: int          # first coordinate of the padded block (may be < 0)
+    stop: int           # one past the last (may be > n)
+    out_start: int      # contributing range [out_start, out_stop) in image coordinates
+    out_stop: int
+    weights: np.ndarray  # float32 (out_stop - out_start,), blending weights
+
+
+def _axis_blocks(n, tile, overlap, half):
+    """Blocks along one axis: a list of :class:`_AxisBlock` and the padded length.
+
+    ``tile=None``: one block, the axis padded by ``half`` per side (then to a
+    fast length). Otherwise cores of at most ``tile`` from an even split, each
+    extended by ``overlap + half`` per side (then to the common fast length).
+    """
+    n_blocks = 1 if tile is None else max(1, math.ceil(n / tile))
+    if n_blocks == 1:
+        overlap = 0
+    bounds = [round(i * n / n_blocks) for i in range(n_blocks + 1)]
+    cores = np.diff(bounds)
+    if n_blocks > 1 and cores.min() < overlap:
+        raise InputError(f"tile_yx={tile} is too small for overlap_yx={overlap} on an axis of {n} voxels "
+                         f"(cores of {cores.min()} voxels); use tile_yx >= 2 * overlap_yx")
+    length = sfft.next_fast_len(int(cores.max()) + 2 * overlap + 2 * half, real=True)
+    lo = overlap // 2
+    ramp = 0.5 * (1.0 + np.cos(np.pi * (np.arange(overlap) + 0.5) / max(overlap, 1)))  # 1 -> 0
+    blocks = []
+    for i in range(n_blocks):
+        extra = length - (int(cores[i]) + 2 * overlap + 2 * half)
+        start = bounds[i] - overlap - half - extra // 2
+        out_start = 0 if i == 0 else bounds[i] - lo
+        out_stop = n if i == n_blocks - 1 else bounds[i + 1] + overlap - lo
+        w = np.ones(out_stop - out_start, dtype=np.float64)
+        if i > 0:
+            w[:overlap] = 1.0 - ramp
+        if i < n_blocks - 1:
+            w[len(w) - overlap:] = ramp
+        blocks.append(_AxisBlock(start, start + length, out_start, out_stop, w.astype(np.float32)))
+    return blocks, length
+
+
+def default_overlap_yx(psf_shape_zyx):
+    """Default ``overlap_yx``: twice the PSF's lateral half-size, at least 8 voxels.
+
+    Parameters
+    ----------
+    psf_shape_zyx : tuple of 3 int
+
+    Returns
+    -------
+    tuple of 2 int
+    """
+    return tuple(max(8, 2 * (int(n) // 2)) for n in psf_shape_zyx[1:])
+
+
+def _plan(image_shape, psf_shape, tile_yx, overlap_yx):
+    nz, ny, nx = (int(n) for n in image_shape)
+    hz, hy, hx = (int(n) // 2 for n in psf_shape)
+    for axis, n, h in (("z", nz, hz), ("y", ny, hy), ("x", nx, hx)):
+        if h > n - 1:
+            raise InputError(
+                f"psf of shape {tuple(psf_shape)} is too large for the image of shape {tuple(image_shape)} in {axis}: "
+                f"its half-size {h} needs more than the {n - 1} voxels a reflection of the image can provide; "
+                f"crop the PSF to at most {2 * n - 1} voxels in {axis}"
+            )
+    if tile_yx is None:
+        tile, overlap = (None, None), (0, 0)
+    else:
+        tile = _pair(tile_yx, "tile_yx", 1)
+        overlap = default_overlap_yx(psf_shape) if overlap_yx is None else _pair(overlap_yx, "overlap_yx", 0)
+    zlen = sfft.next_fast_len(nz + 2 * hz, real=True)
+    zblock = _AxisBlock(-hz - (zlen - nz - 2 * hz) // 2, 0, 0, nz, np.ones(nz, dtype=np.float32))
+    zblock = _AxisBlock(zblock.start, zblock.start + zlen, 0, nz, zblock.weights)
+    yblocks, ylen = _axis_blocks(ny, tile[0], overlap[0], PAD_FACTOR_YX * hy)
+    xblocks, xlen = _axis_blocks(nx, tile[1], overlap[1], PAD_FACTOR_YX * hx)
+    return zblock, yblocks, xblocks, (zlen, ylen, xlen)
+
+
+# memory model ------------------------------------------------------------------------------------
+# Block buffers alive at the peak of an iteration: the padded data, the estimate and the inverse
+# FFT's output (float32); the OTF, its conjugate, the spectrum and one transform work array
+# (complex64); plus the staging copy of the block's input.
+_REAL_BUFFERS = 3
+_COMPLEX_BUFFERS = 4
+
+
+def richardson_lucy_peak_bytes(image_shape_zyx, psf_shape_zyx, tile_yx=None, overlap_yx=None, *,
+                               input_itemsize=2, include_input=True):
+    """Estimated peak memory of :func:`richardson_lucy` on the CPU, in bytes.
+
+    Parameters
+    ----------
+    image_shape_zyx, psf_shape_zyx : tuple of 3 int
+    tile_yx, overlap_yx : int or pair of int, optional
+        As for :func:`richardson_lucy`.
+    input_itemsize : int
+        Bytes per input voxel (2 for uint16).
+    include_input : bool
+        Count the input array itself (it is the caller's, but it is resident).
+
+    Returns
+    -------
+    int
+        ``input + float32 output + one block's buffers`` (three float32 and
+        four complex64 arrays of the padded block shape, plus a staging copy
+        of the block). Measured peaks are within about 10 % of this (see
+        ``benchmarks/RESULTS.md``).
+    """
+    _, _, _, fft_shape = _plan(image_shape_zyx, psf_shape_zyx, tile_yx, overlap_yx)
+    nvox = int(np.prod(image_shape_zyx))
+    block = int(np.prod(fft_shape))
+    spectrum = fft_shape[0] * fft_shape[1] * (fft_shape[2] // 2 + 1)
+    total = nvox * 4 + _REAL_BUFFERS * block * 4 + _COMPLEX_BUFFERS * spectrum * 8 + block * input_itemsize
+    if include_input:
+        total += nvox * input_itemsize
+    return int(total)
+
+
+# backends ----------------------------------------------------------------------------------------
+def _available_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+class _NumpyBackend:
+    name = "numpy"
+    xp = np
+
+    def __init__(self, workers):
+        self.workers = workers
+
+    def rfftn(self, a, overwrite=False):
+        return sfft.rfftn(a, workers=self.workers, overwrite_x=overwrite)
+
+    def irfftn(self, a, shape):
+        # c2c over the leading axes in place, then c2r along the last: same result as
+        # scipy.fft.irfftn(a, s=shape), ~1.4x faster for (120, 600, 600) float32 blocks on 2 cores.
+        a = sfft.ifftn(a, axes=tuple(range(a.ndim - 1)), workers=self.workers, overwrite_x=True)
+        return sfft.irfft(a, n=shape[-1], axis=-1, workers=self.workers, overwrite_x=True)
+
+    def to_device(self, a):
+        return a
+
+    def to_host(self, a):
+        return a
+
+    def sumsq(self, a):
+        # float32 dot per plane, accumulated in float64: no temporaries, deterministic.
+        total = 0.0
+        for plane in a:
+            flat = plane.reshape(-1)
+            total += float(np.dot(flat, flat))
+        return total
+
+
+class _CupyBackend:
+    name = "cupy"
+
+    def __init__(self, cupy):
+        self.xp = cupy
+
+    def rfftn(self, a, overwrite=False):
+        return self.xp.fft.rfftn(a)
+
+    def irfftn(self, a, shape):
+        return self.xp.fft.irfftn(a, s=shape)
+
+    def to_device(self, a):
+        return self.xp.asarray(a)
+
+    def to_host(self, a):
+        return self.xp.asnumpy(a)
+
+    def sumsq(self, a):
+        flat = a.reshape(-1)
+        return float(self.xp.vdot(flat, flat))
+
+
+def _gpu_cupy():
+    """cupy if it imports and sees a CUDA device, else None."""
+    try:
+        import cupy
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return cupy
+    except Exception:  # noqa: BLE001 - no cupy, no driver, no device: all mean "no GPU"
+        pass
+    return None
+
+
+def _backend(xp, workers):
+    name = getattr(xp, "__name__", xp)
+    if xp is None or name == "numpy":
+        return _NumpyBackend(workers)
+    if name == "auto":
+        cupy = _gpu_cupy()
+        return _CupyBackend(cupy) if cupy is not None else _NumpyBackend(workers)
+    if name == "cupy":
+        if isinstance(xp, str):
+            try:
+                import cupy as xp
+            except ImportError as err:
+                raise InputError(f"xp='cupy' but cupy cannot be imported ({err}); use xp=None or 'auto'") from None
+        return _CupyBackend(xp)
+    raise InputError(f"xp={xp!r} must be None, 'numpy', 'cupy', 'auto' or the numpy/cupy module")
+
+
+# the algorithm -----------------------------------------------------------------------------------
+def _otf(psf, fft_shape, backend):
+    """OTF and its conjugate: rfftn of the PSF zero-padded to ``fft_shape``, centre at index 0 (complex64)."""
+    kernel = np.zeros(fft_shape, dtype=np.float32)
+    kernel[tuple(slice(0, n) for n in psf.shape)] = psf
+    kernel = np.roll(kernel, [-(n // 2) for n in psf.shape], axis=(0, 1, 2))
+    otf = backend.rfftn(backend.to_device(kernel), overwrite=True)
+    return otf, backend.xp.conjugate(otf)
+
+
+def _rl_block(data, otfs, init, eps, n_iter, tol, backend):
+    """Richardson–Lucy on one padded block (on the backend's device); returns (estimate, iters, change).
+
+    The correction factor (correlation of the non-negative ratio with the non-negative PSF) is >= 0
+    up to FFT round-off, so the estimate is clipped at 0 once at the end rather than every iteration.
+    """
+    xp = backend.xp
+    otf, otf_conj = otfs
+    shape = data.shape
+    est = xp.full(shape, init, dtype=xp.float32)
+    change, k = float("nan"), 0
+    while k < n_iter:
+        k += 1
+        spec = backend.rfftn(est)
+        spec *= otf
+        blurred = backend.irfftn(spec, shape)                 # u * h
+        del spec
+        xp.maximum(blurred, eps, out=blurred)
+        xp.divide(data, blurred, out=blurred)                 # ratio d / (u * h)
+        spec = backend.rfftn(blurred, overwrite=True)
+        del blurred
+        spec *= otf_conj                                      # correlation with h
+        corr = backend.irfftn(spec, shape)
+        del spec
+        if tol is None:
+            est *= corr
+            del corr
+            continue
+        norm_prev = backend.sumsq(est)
+        corr -= 1                                             # u_{k+1} - u_k = u_k * (c - 1)
+        corr *= est
+        change = math.sqrt(backend.sumsq(corr) / norm_prev) if norm_prev > 0 else 0.0
+        est += corr
+        del corr
+        if change < tol:
+            break
+    xp.maximum(est, 0, out=est)
+    return est, k, change
+
+
+def richardson_lucy(image, psf, n_iter=50, *, stop_tolerance=None, tile_yx=None, overlap_yx=None, xp=None,
+                    progress=None, pad_mode="reflect", workers=None, return_info=False):
+    """3D Richardson–Lucy deconvolution of a (z, y, x) image, optionally tiled in y/x.
+
+    Parameters
+    ----------
+    image : ndarray, shape (z, y, x)
+        Non-negative, finite intensities (photoelectrons, or ADU with the
+        camera offset removed); any integer or floating dtype. Not modified.
+    psf : ndarray, shape (pz, py, px)
+        Centred PSF with an odd size in every axis, on the image's voxel grid
+        (see :func:`check_psf_matches`); normalised to unit sum here. Its
+        half-size must not exceed ``image.shape - 1`` in any axis.
+    n_iter : int
+        Iterations (the cap when ``stop_tolerance`` is given), >= 1. On
+        simulated spots (NA 1.3, 0.108 µm pixels) 30 iterations shrink the
+        lateral FWHM by ~27 %, 50 by ~34 %, 100 by ~40 %.
+    stop_tolerance : float, optional
+        Stop a block once the relative L2 change of its estimate between two
+        iterations, ``||u_k - u_{k-1}||_2 / ||u_{k-1}||_2``, is below this
+        (e.g. ``1e-2``: about 35 iterations on the simulated spots; the
+        change decays slowly, ~0.7 % at 50 and ~0.2 % at 200 iterations).
+        None (default) runs exactly ``n_iter`` iterations.
+    tile_yx : int or (int, int), optional
+        Process y/x blocks whose cores are at most this large (the whole z
+        extent each); None (default) processes the image as one block.
+    overlap_yx : int or (int, int), optional
+        Margin added to each side of a core; neighbouring blocks are blended
+        with a raised-cosine ramp over an ``overlap_yx``-wide band centred on
+        their common boundary. Default :func:`default_overlap_yx` (twice the
+        PSF's lateral half-size). Only used with ``tile_yx``; cores must be at
+        least this large (``tile_yx >= 2 * overlap_yx`` guarantees it).
+    xp : None, "numpy", "cupy", "auto" or the numpy/cupy module
+        Array backend. None/"numpy": CPU with scipy.fft (default). "cupy":
+        cupy.fft on the current GPU (cupy is imported only then). "auto":
+        cupy when it imports and sees a CUDA device, else the CPU.
+    progress : callable, optional
+        Called with a one-line str after every block.
+    pad_mode : {"reflect", "edge"}
+        How blocks are extended beyond the image border (numpy.pad modes).
+    workers : int, optional
+        scipy.fft threads; default the CPUs this process may use.
+    return_info : bool
+        Also return a :class:`RichardsonLucyInfo` (iterations per block).
+
+    Returns
+    -------
+    out : ndarray of float32, shape ``image.shape``
+        Non-negative estimate of the unblurred intensities (same total flux
+        as the image, up to boundary effects).
+    info : RichardsonLucyInfo
+        Only with ``return_info=True``.
+
+    Raises
+    ------
+    InputError
+        Non-3D, even-sized, negative or non-finite PSF; a PSF larger than the
+        image allows (see ``psf``); negative, NaN or infinite image values;
+        ``n_iter < 1``; a non-positive ``stop_tolerance``; bad tiling
+        parameters, ``pad_mode`` or ``xp``.
+
+    Notes
+    -----
+    Peak memory is the input, the float32 output and one block's FFT
+    buffers: :func:`richardson_lucy_peak_bytes`. The result is deterministic
+    for a given input, parameters, backend and ``workers``.
+
+    Examples
+    --------
+    >>> from merfishflow.psf import widefield_psf
+    >>> psf = widefield_psf((0.31, 0.108, 0.108), 0.59, 1.3, 1.4)
+    >>> out = richardson_lucy(image, psf, 50, tile_yx=512)            # doctest: +SKIP
+    """
+    if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 1:
+        raise InputError(f"n_iter={n_iter!r} must be an integer >= 1")
+    n_iter = int(n_iter)
+    if stop_tolerance is not None:
+        try:
+            stop_tolerance = float(stop_tolerance)
+        except (TypeError, ValueError):
+            raise InputError(f"stop_tolerance={stop_tolerance!r} must be a positive number or None") from None
+        if not (math.isfinite(stop_tolerance) and stop_tolerance > 0):
+            raise InputError(f"stop_tolerance={stop_tolerance!r} must be a positive number or None")
+    if pad_mode not in PAD_MODES:
+        raise InputError(f"pad_mode={pad_mode!r} must be one of {PAD_MODES}")
+    if workers is None:
+        workers = _available_workers()
+    elif isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise InputError(f"workers={workers!r} must be an integer >= 1")
+    image = np.asarray(image)
+    psf = _check_psf(psf)
+    mean = _scan_image(image)
+    zblock, yblocks, xblocks, fft_shape = _plan(image.shape, psf.shape, tile_yx, overlap_yx)
+    backend = _backend(xp, int(workers))
+
+    out = np.zeros(image.shape, dtype=np.float32)
+    iterations = np.zeros((len(yblocks), len(xblocks)), dtype=np.int64)
+    final_change = np.full(iterations.shape, np.nan)
+    if mean > 0:
+        eps = np.float32(max(EPS_RELATIVE * mean, np.finfo(np.float32).tiny))
+        init = np.float32(mean)
+        otfs = _otf(psf, fft_shape, backend)
+        n_blocks = iterations.size
+        for iy, yb in enumerate(yblocks):
+            for ix, xb in enumerate(xblocks):
+                data = _padded_block(image, zblock, yb, xb, pad_mode)
+                est, its, change = _rl_block(backend.to_device(data), otfs, init, eps, n_iter, stop_tolerance,
+                                             backend)
+                del data
+                iterations[iy, ix], final_change[iy, ix] = its, change
+                _blend(out, backend.to_host(est), zblock, yb, xb)
+                del est
+                if progress is not None:
+                    progress(f"richardson_lucy: block {iy * len(xblocks) + ix + 1}/{n_blocks} "
+                             f"({its} iterations)")
+    if return_info:
+        return out, RichardsonLucyInfo(iterations, final_change, tuple(fft_shape), backend.name)
+    return out
+
+
+def _padded_block(image, zb, yb, xb, mode):
+    """The image over the block's range, as float32, extended beyond the image with ``mode``."""
+    sl, pads = [], []
+    for b, n in zip((zb, yb, xb), image.shape):
+        lo, hi = max(b.start, 0), min(b.stop, n)
+        sl.append(slice(lo, hi))
+        pads.append((lo - b.start, b.stop - hi))
+    block = image[tuple(sl)]
+    if any(p != (0, 0) for p in pads):
+        block = np.pad(block, pads, mode=mode)
+    return np.ascontiguousarray(block, dtype=np.float32)
+
+
+def _blend(out, est, zb, yb, xb):
+    """Add the block's weighted contributing region to ``out`` (in place; ``est`` is overwritten)."""
+    region = tuple(slice(b.out_start - b.start, b.out_stop - b.start) for b in (zb, yb, xb))
+    part = est[region]
+    part *= yb.weights[None, :, None]
+    part *= xb.weights[None, None, :]
+    out[:, yb.out_start:yb.out_stop, xb.out_start:xb.out_stop] += part

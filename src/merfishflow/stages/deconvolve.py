@@ -1,0 +1,90 @@
+"""The deconvolve stage: ``corrected_data`` into ``decon_data`` for one tile and round.
+
+One job deconvolves the round's fiducial and the readout bits imaged in that
+round, each with its channel's PSF from ``calibrations.zarr/psf_data``, by
+:func:`merfishflow.deconvolution.richardson_lucy`. ``decon_data`` is uint16
+photoelectrons (Richardson-Lucy keeps the flux), rounded and saturating at
+65535; its own ``.zattrs`` is the job's marker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import datastore
+from ..correction import to_uint16
+from ..deconvolution import check_psf_matches, richardson_lucy
+from ..paths import DECON_DATA, ExperimentPaths
+
+
+@dataclass(frozen=True)
+class DeconvolutionParams:
+    """Config key ``deconvolution`` (config/README.md)."""
+
+    iterations: int = 20
+    stop_tolerance: float | None = None
+    tile_yx: int = 512
+    overlap_yx: int | None = None
+    device: str = "cpu"
+
+    def to_dict(self) -> dict:
+        return {"iterations": self.iterations, "stop_tolerance": self.stop_tolerance, "tile_yx": self.tile_yx,
+                "overlap_yx": self.overlap_yx, "device": self.device}
+
+
+def round_groups(paths: ExperimentPaths, calibration: dict, tile: str, round_: str):
+    """``[(group, channel index), ...]``: the round's fiducial group, then its readout bits' groups."""
+    from ..naming import bit_name
+
+    channels = calibration["channels"]
+    fiducial = next(i for i, c in enumerate(channels) if c["role"] == "fiducial")
+    readouts = [i for i, c in enumerate(channels) if c["role"] == "readout"]
+    bits = calibration["exp_order"]["rounds"][int(round_[len("round"):])]
+    out = [(paths.fiducial_group(tile, round_), fiducial)]
+    out += [(paths.readout_group(tile, bit_name(b)), c) for b, c in zip(bits, readouts)]
+    return out
+
+
+def deconvolve_tile_round(experiment_dir, tile, round_, params=DeconvolutionParams(), progress=print, threads=1):
+    """Deconvolve one tile and round; each ``decon_data`` marker is written after its data.
+
+    Returns
+    -------
+    list of Path
+        The ``decon_data`` arrays written.
+    """
+    paths = ExperimentPaths(experiment_dir)
+    calibration = datastore.read_marker(paths.calibrations)
+    psfs = datastore.read_array(paths.calibrations, "psf_data")
+    calibration_digest = datastore.marker_digest(paths.calibrations)
+    xp = {"cpu": None, "auto": "auto", "gpu": "cupy"}[params.device]
+    written = []
+    for group, channel in round_groups(paths, calibration, tile, round_):
+        source = datastore.read_marker(group)
+        check_psf_matches(calibration["voxel_size_zyx_um"], source["voxel_size_zyx_um"])
+        corrected = datastore.read_array(group, "corrected_data")
+        name = calibration["channels"][channel]["name"]
+        estimate, info = richardson_lucy(
+            corrected, psfs[channel], params.iterations, stop_tolerance=params.stop_tolerance,
+            tile_yx=params.tile_yx, overlap_yx=params.overlap_yx, xp=xp, workers=threads, return_info=True,
+            progress=lambda message, name=name: progress(f"{tile} {round_} {name}: {message}"))
+        del corrected
+        data, saturated = to_uint16(estimate)
+        attrs = {
+            "stage": "deconvolve",
+            "software": datastore.software_versions(),
+            "parameters": params.to_dict(),
+            "inputs_sha256": {"corrected_data": datastore.marker_digest(group), "calibrations": calibration_digest},
+            "channel": name,
+            "iterations_max": info.max_iterations,
+            "iterations_min": int(info.iterations.min()),
+            "n_saturated_voxels": saturated,
+            "units": "photoelectrons, rounded, saturating at 65535",
+            # The backend changes float rounding, so it is part of what made these bytes.
+            "backend": info.backend,
+        }
+        written.append(datastore.write_marked_array(group / DECON_DATA, data, attrs, threads=threads).parent)
+        progress(f"{tile} {round_} {name}: {info.max_iterations} iterations, {saturated} saturated voxels")
+    return written

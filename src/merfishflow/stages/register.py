@@ -1,0 +1,154 @@
+"""The registration stages: local (rounds of one tile onto its round 0) and global (tiles in the world).
+
+Local, per tile: every round's deconvolved fiducial is registered to round
+0's (:func:`merfishflow.registration.register_round`: a rigid sub-pixel
+shift, then an optical-flow field at 3 x 3 lateral downsampling), the field
+is stored as ``polyDT/<tile>/<round>.zarr/of_xyz_3x_downsample``, and the
+same transform resamples the round's fiducial and every readout bit imaged
+in it into ``registered_decon_data``. Round 0 is the reference and is copied
+unchanged.
+
+Global, per experiment: :func:`merfishflow.stitching.register_tiles` on the
+round-0 registered fiducials; every tile's placement goes to its own
+subgroup ``polyDT/<tile>/round0000.zarr/global_registration`` (docs/datastore.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import datastore
+from ..correction import to_uint16
+from ..naming import round_name
+from ..paths import DECON_DATA, FLOW_FIELD, REGISTERED_DATA, ExperimentPaths
+from ..registration import register_round
+from ..stitching import MIN_PAIR_SCORE, register_tiles
+from .deconvolve import round_groups
+
+FLOW_DOWNSAMPLE = (1, 3, 3)
+FLOW_MEANING = (
+    "float32 (3, Z, ceil(Y/3), ceil(X/3)): z, y, x displacement in full-resolution pixels of the non-rigid "
+    "remainder after the rigid shift. Coarse sample (k, j, i) sits at full-resolution voxel "
+    "(k, 3j + 1, 3i + 1); upsampled linearly to every voxel p, a point at p in round 0 is at "
+    "p + shift_zyx_px + field(p) in this round, and registered_decon_data[p] = decon_data[p + shift + field(p)]."
+)
+
+
+@dataclass(frozen=True)
+class RegistrationParams:
+    """Config key ``registration`` (config/README.md)."""
+
+    upsample_factor: int = 20
+    optical_flow: bool = True
+    flow_method: str = "ilk"
+    min_pair_score: float = MIN_PAIR_SCORE
+
+    def to_dict(self) -> dict:
+        return {"upsample_factor": self.upsample_factor, "optical_flow": self.optical_flow,
+                "flow_method": self.flow_method, "min_pair_score": self.min_pair_score}
+
+
+def _registered(image):
+    data, _ = to_uint16(np.asarray(image, dtype=np.float32))
+    return data
+
+
+def register_tile(experiment_dir, tile, params=RegistrationParams(), progress=print, threads=1):
+    """Register every round of one tile onto its round 0 and resample the readouts with their round.
+
+    Returns
+    -------
+    dict
+        ``{round: shift_zyx_px}``.
+    """
+    paths = ExperimentPaths(experiment_dir)
+    calibration = datastore.read_marker(paths.calibrations)
+    rounds = [round_name(r) for r in range(len(calibration["exp_order"]["rounds"]))]
+    reference_path = paths.fiducial_array(tile, rounds[0], DECON_DATA)
+    reference = datastore.read_marked_array(reference_path).astype(np.float32)
+    common = {"stage": "register_local", "software": datastore.software_versions(), "parameters": params.to_dict(),
+              "reference": str(reference_path.relative_to(paths.datastore))}
+    shifts = {}
+    for round_ in rounds:
+        groups = round_groups(paths, calibration, tile, round_)
+        fiducial_decon = groups[0][0] / DECON_DATA
+        if round_ == rounds[0]:
+            registration, moving = None, reference
+            shift, extra = np.zeros(3), {"ncc_before": 1.0}
+        else:
+            moving = datastore.read_marked_array(fiducial_decon).astype(np.float32)
+            registration = register_round(reference, moving, upsample_factor=params.upsample_factor,
+                                          downsample=FLOW_DOWNSAMPLE, method=params.flow_method,
+                                          flow=params.optical_flow)
+            shift = registration.shift_zyx_px
+            extra = {"ncc_before": registration.ncc_before, "ncc_rigid": registration.ncc_rigid,
+                     "ncc_after": registration.ncc_after}
+            field = registration.field if registration.field is not None else np.zeros(
+                (3,) + tuple(-(-n // f) for n, f in zip(reference.shape, FLOW_DOWNSAMPLE)), np.float32)
+            datastore.write_marked_array(groups[0][0] / FLOW_FIELD, field.astype(np.float32), {
+                **common, "round": round_, "downsample_zyx": list(FLOW_DOWNSAMPLE), "meaning": FLOW_MEANING,
+                "shift_zyx_px": [float(v) for v in shift], "units": "full-resolution pixels",
+                "rms_px": [float(v) for v in np.sqrt(np.mean(field.astype(np.float64) ** 2, axis=(1, 2, 3)))],
+                "inputs_sha256": {"reference": datastore.marker_digest(reference_path),
+                                  "moving": datastore.marker_digest(fiducial_decon)},
+            }, threads=threads)
+        shifts[round_] = [float(v) for v in shift]
+        progress(f"{tile} {round_}: shift {np.round(shift, 3).tolist()} px, "
+                 + ", ".join(f"{k} {v:.3f}" for k, v in extra.items() if v is not None))
+        for group, _ in groups:
+            source = group / DECON_DATA
+            image = moving if group == groups[0][0] else datastore.read_marked_array(source)
+            out = image if registration is None else registration.apply(image)
+            datastore.write_marked_array(group / REGISTERED_DATA, _registered(out), {
+                **common, "round": round_, "shift_zyx_px": shifts[round_], **extra,
+                "flow_field": None if registration is None else
+                str((groups[0][0] / FLOW_FIELD).relative_to(paths.datastore)),
+                "inputs_sha256": {"decon_data": datastore.marker_digest(source),
+                                  "reference": datastore.marker_digest(reference_path)},
+            }, threads=threads)
+    return shifts
+
+
+def register_experiment(experiment_dir, tiles, stage_positions_um, params=RegistrationParams(), progress=print):
+    """Refine every tile's position from its overlaps and write each tile's ``global_registration``.
+
+    Returns
+    -------
+    merfishflow.stitching.GlobalRegistration
+    """
+    paths = ExperimentPaths(experiment_dir)
+    calibration = datastore.read_marker(paths.calibrations)
+    voxel = calibration["voxel_size_zyx_um"]
+    sources = [paths.fiducial_array(t, round_name(0), REGISTERED_DATA) for t in tiles]
+    digest = hashlib.sha256("".join(datastore.marker_digest(s) for s in sources).encode()).hexdigest()
+    for tile in tiles:
+        datastore.remove_marker(paths.global_registration(tile))
+
+    def load(t):
+        return datastore.read_marked_array(sources[t]).astype(np.float32)
+
+    result = register_tiles(load, np.asarray(stage_positions_um, dtype=np.float64), voxel,
+                            min_score=params.min_pair_score, progress=progress)
+    progress(f"{len(result.pairs)} overlapping pairs, {sum(p.used for p in result.pairs)} used, "
+             f"residual {result.residual_rms_um:.4f} um RMS")
+    for t, tile in enumerate(tiles):
+        group = datastore.create_group(paths.global_registration(tile))
+        pairs = [{"tiles": [tiles[p.i], tiles[p.j]], "offset_zyx_um": [float(v) for v in p.offset_um],
+                  "score": p.score, "used": p.used} for p in result.pairs if t in (p.i, p.j)]
+        datastore.write_marker(group, {
+            "stage": "register_global", "software": datastore.software_versions(), "parameters": params.to_dict(),
+            "inputs_sha256": {"round0_registered_fiducials": digest},
+            "tile": tile,
+            "affine_zyx_um": result.affine_zyx_um(t).tolist(),
+            "origin_zyx_um": [float(v) for v in result.origin_zyx_um[t]],
+            "spacing_zyx_um": [float(v) for v in result.spacing_zyx_um],
+            "stage_zyx_um": [float(v) for v in stage_positions_um[t]],
+            "meaning": "global um = affine_zyx_um @ [z*dz, y*dy, x*dx, 1] for voxel (z, y, x) of this tile's "
+                       "registered data; origin_zyx_um is where voxel (0, 0, 0) lies",
+            "pairs": pairs,
+            "residual_rms_um": result.residual_rms_um,
+        })
+    return result
