@@ -263,8 +263,8 @@ def _plan(image_shape, psf_shape, tile_yx, overlap_yx):
         tile = _pair(tile_yx, "tile_yx", 1)
         overlap = default_overlap_yx(psf_shape) if overlap_yx is None else _pair(overlap_yx, "overlap_yx", 0)
     zlen = sfft.next_fast_len(nz + 2 * hz, real=True)
-    zblock = _AxisBlock(-hz - (zlen - nz - 2 * hz) // 2, 0, 0, nz, np.ones(nz, dtype=np.float32))
-    zblock = _AxisBlock(zblock.start, zblock.start + zlen, 0, nz, zblock.weights)
+    zstart = -hz - (zlen - nz - 2 * hz) // 2
+    zblock = _AxisBlock(zstart, zstart + zlen, 0, nz, np.ones(nz, dtype=np.float32))
     yblocks, ylen = _axis_blocks(ny, tile[0], overlap[0], PAD_FACTOR_YX * hy)
     xblocks, xlen = _axis_blocks(nx, tile[1], overlap[1], PAD_FACTOR_YX * hx)
     return zblock, yblocks, xblocks, (zlen, ylen, xlen)

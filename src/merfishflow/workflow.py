@@ -160,8 +160,11 @@ class Pipeline:
         return int(math.ceil(5 + work / 2e6 / 60)) * attempt
 
     def register_mem_mb(self, attempt: int = 1) -> int:
-        """Reference, moving and resampled volumes in float32 plus the phase correlation's complex FFTs."""
-        return int(math.ceil(800 + 48 * self._voxels / 2**20)) * attempt
+        """Reference, moving and resampled volumes in float32, plus ~5 complex64 copies of the rigid crop."""
+        z, y, x = self.experiment.image_shape_zyx
+        crop = self.config["registration"]["rigid_crop_yx"]
+        crop_voxels = z * min(y, crop or y) * min(x, crop or x)
+        return int(math.ceil(800 + (16 * self._voxels + 40 * crop_voxels) / 2**20)) * attempt
 
     def register_runtime_min(self, attempt: int = 1) -> int:
         """All rounds and bits of a tile at 1 Mvoxel/s per volume (benchmarks/RESULTS.md)."""

@@ -23,7 +23,7 @@ from ..paths import DECON_DATA, ExperimentPaths
 class DeconvolutionParams:
     """Config key ``deconvolution`` (config/README.md)."""
 
-    iterations: int = 20
+    iterations: int = 40
     stop_tolerance: float | None = None
     tile_yx: int = 512
     overlap_yx: int | None = None

@@ -45,10 +45,12 @@ class RegistrationParams:
     optical_flow: bool = True
     flow_method: str = "ilk"
     min_pair_score: float = MIN_PAIR_SCORE
+    rigid_crop_yx: int | None = 1024
 
     def to_dict(self) -> dict:
         return {"upsample_factor": self.upsample_factor, "optical_flow": self.optical_flow,
-                "flow_method": self.flow_method, "min_pair_score": self.min_pair_score}
+                "flow_method": self.flow_method, "min_pair_score": self.min_pair_score,
+                "rigid_crop_yx": self.rigid_crop_yx}
 
 
 def _registered(image):
@@ -82,7 +84,7 @@ def register_tile(experiment_dir, tile, params=RegistrationParams(), progress=pr
             moving = datastore.read_marked_array(fiducial_decon).astype(np.float32)
             registration = register_round(reference, moving, upsample_factor=params.upsample_factor,
                                           downsample=FLOW_DOWNSAMPLE, method=params.flow_method,
-                                          flow=params.optical_flow)
+                                          flow=params.optical_flow, rigid_crop_yx=params.rigid_crop_yx)
             shift = registration.shift_zyx_px
             extra = {"ncc_before": registration.ncc_before, "ncc_rigid": registration.ncc_rigid,
                      "ncc_after": registration.ncc_after}
