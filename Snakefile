@@ -18,7 +18,12 @@ include: "rules/init.smk"
 include: "rules/ingest.smk"
 include: "rules/deconvolve.smk"
 include: "rules/register.smk"
+include: "rules/decode.smk"
 include: "rules/datastore.smk"
+
+
+onstart:
+    record_run(PIPELINE.experiment_dir, config, workflow.basedir)
 
 
 # Every marker is a target, not only datastore.json: Snakemake does not

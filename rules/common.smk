@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from merfishflow.config import validate_config
+from merfishflow.provenance import record_run
 from merfishflow.workflow import WILDCARD_CONSTRAINTS, Pipeline
 
 config = validate_config(config, source="config", schema_path=Path(workflow.basedir) / "config" / "schema.yaml")
@@ -40,3 +41,11 @@ def register_mem_mb(wildcards, attempt):
 
 def register_runtime(wildcards, attempt):
     return PIPELINE.register_runtime_min(attempt)
+
+
+def decode_mem_mb(wildcards, attempt):
+    return PIPELINE.decode_mem_mb(attempt)
+
+
+def decode_runtime(wildcards, attempt):
+    return PIPELINE.decode_runtime_min(attempt)

@@ -18,7 +18,7 @@ from merfishflow.stages.ingest import CorrectionParams, ingest_tile_round
 from merfishflow.metadata import load_experiment
 from merfishflow.paths import ExperimentPaths
 from merfishflow.simulation import simulate_experiment
-from merfishflow.status import stage_states
+from merfishflow.status import STAGES, stage_states
 
 pytestmark = pytest.mark.workflow
 
@@ -40,7 +40,8 @@ def test_demo_run_writes_the_datastore(demo_run):
     assert doc["Version"] == 1
     assert doc["manifest"]["tiles"] == ["tile0000", "tile0001"]
     assert len(doc["manifest"]["rounds"]) == N_ROUNDS
-    assert all(state["complete"] for state in doc["stages"].values()) and len(doc["stages"]) == 5
+    assert all(state["complete"] for state in doc["stages"].values())
+    assert set(doc["stages"]) == set(STAGES)
     for tile in doc["manifest"]["tiles"]:
         for round_ in doc["manifest"]["rounds"]:
             attrs = datastore.read_marker(paths.fiducial_group(tile, round_))
@@ -64,8 +65,9 @@ def test_changing_a_correction_parameter_reruns_only_correction(demo_copy):
     write_config(config, "experiment", correction={"hot_pixel_sigma": 12.0})
     jobs = planned_jobs(workdir, config)
     per_round = {f"{stage}_round{r:04d}" for stage in ("ingest", "deconvolve") for r in range(N_ROUNDS)}
-    assert set(jobs) == per_round | {"register_local", "register_global", "datastore", "all"}
-    assert all(jobs[name] == N_TILES for name in per_round) and jobs["register_local"] == N_TILES
+    assert set(jobs) == per_round | {"register_local", "register_global", "decode", "filter_spots", "evaluate",
+                                     "datastore", "all"}
+    assert all(jobs[name] == N_TILES for name in per_round | {"register_local", "decode"})
 
 
 def test_two_runs_from_scratch_are_byte_identical(demo_run, tmp_path):
@@ -105,7 +107,7 @@ def test_crash_mid_write_leaves_nothing_complete_and_rerun_is_identical(demo_run
 
     jobs = planned_jobs(workdir, config)
     assert jobs == {"ingest_round0002": 1, "deconvolve_round0002": 1, "register_local": 1, "register_global": 1,
-                    "datastore": 1, "all": 1}
+                    "decode": 2, "filter_spots": 1, "evaluate": 1, "datastore": 1, "all": 1}
     run_snakemake(workdir, config)
     assert file_bytes(experiment_dir / "qi2labdatastore") == file_bytes(clean / "qi2labdatastore")
 
@@ -131,8 +133,10 @@ def test_adding_a_tile_runs_only_the_new_tiles_jobs(tmp_path):
     jobs = planned_jobs(tmp_path, config)
     per_round = {f"{stage}_round{r:04d}": 1 for stage in ("ingest", "deconvolve") for r in range(N_ROUNDS)}
     # Global registration is experiment-wide: a new tile changes every tile's refined position.
-    assert jobs == {**per_round, "register_local": 1, "register_global": 1, "datastore": 1, "all": 1}
-    assert "tile=tile0000" not in result.stdout and "tile=tile0001" in result.stdout
+    # Decoding uses the tile's global placement, so both tiles are decoded again.
+    assert jobs == {**per_round, "register_local": 1, "register_global": 1, "decode": 2, "filter_spots": 1,
+                    "datastore": 1, "all": 1}
+    assert "tile=tile0001" in result.stdout
     run_snakemake(tmp_path, config)
     assert tile0_files() == before
     doc = json.loads((experiment_dir / "qi2labdatastore" / "datastore.json").read_text())

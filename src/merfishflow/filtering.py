@@ -170,7 +170,7 @@ def starfish_table(spots: pd.DataFrame, voxel_size_zyx_um) -> pd.DataFrame:
     """starfish ``DecodedSpots`` columns: target, radius, spot_id, distance, passes_thresholds, xc, yc, zc (µm).
 
     ``radius`` is that of a sphere with the spot's volume (area in voxels x voxel volume);
-    ``cell_id`` follows when the table has one.
+    blank barcodes do not pass the thresholds; ``cell_id`` follows when the table has one.
     """
     voxel_volume = float(np.prod(voxel_size_zyx_um))
     out = pd.DataFrame({
@@ -178,7 +178,7 @@ def starfish_table(spots: pd.DataFrame, voxel_size_zyx_um) -> pd.DataFrame:
         "radius": np.cbrt(3 * spots["area"].to_numpy(np.float64) * voxel_volume / (4 * np.pi)),
         "spot_id": np.arange(len(spots), dtype=np.int64),
         "distance": spots["distance"].to_numpy(np.float64),
-        "passes_thresholds": np.ones(len(spots), bool),
+        "passes_thresholds": ~spots["is_blank"].to_numpy(bool) if "is_blank" in spots else np.ones(len(spots), bool),
         "xc": spots["global_x_um"].to_numpy(np.float64),
         "yc": spots["global_y_um"].to_numpy(np.float64),
         "zc": spots["global_z_um"].to_numpy(np.float64),

@@ -113,6 +113,26 @@ class ExperimentPaths:
         return self.fiducial_group(tile, round_name(0)) / GLOBAL_REGISTRATION
 
     @property
+    def decoded(self) -> Path:
+        return self.datastore / "decoded"
+
+    def decoded_tile(self, tile: str) -> Path:
+        return self.decoded / f"{tile}_decoded_features.parquet"
+
+    @property
+    def filtered_spots(self) -> Path:
+        return self.decoded / "all_tiles_filtered.parquet"
+
+    @property
+    def filtered_spots_csv(self) -> Path:
+        """starfish DecodedSpots columns."""
+        return self.decoded / "all_tiles_filtered_starfish.csv"
+
+    @property
+    def evaluation_json(self) -> Path:
+        return self.decoded / "evaluation.json"
+
+    @property
     def provenance(self) -> Path:
         return self.datastore / "provenance"
 

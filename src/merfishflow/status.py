@@ -13,11 +13,11 @@ from pathlib import Path
 from . import datastore
 from .fileio import canonical_json, write_text
 from .metadata import Experiment
-from .paths import DECON_DATA, FLOW_FIELD, REGISTERED_DATA, ExperimentPaths
+from .paths import DECON_DATA, FLOW_FIELD, REGISTERED_DATA, ExperimentPaths, marker
 
 DATASTORE_VERSION = 1
 # Stages in pipeline order.
-STAGES = ("init", "ingest", "deconvolve", "register_local", "register_global")
+STAGES = ("init", "ingest", "deconvolve", "register_local", "register_global", "decode", "filter", "evaluate")
 
 
 def tile_markers(experiment: Experiment, paths: ExperimentPaths, tile: str) -> dict:
@@ -30,16 +30,37 @@ def tile_markers(experiment: Experiment, paths: ExperimentPaths, tile: str) -> d
              + [paths.fiducial_array(tile, r, FLOW_FIELD) for r in rounds[1:]]
              + [paths.readout_array(tile, b, REGISTERED_DATA) for b in bits])
     return {"ingest": ingest, "deconvolve": decon, "register_local": local,
-            "register_global": [paths.global_registration(tile)]}
+            "register_global": [paths.global_registration(tile)], "decode": [paths.decoded_tile(tile)]}
 
 
-def stage_groups(experiment: Experiment, paths: ExperimentPaths) -> dict:
-    """``{stage: {tile or "experiment": [marker folders]}}`` of every marker a stage writes."""
+def stage_groups(experiment: Experiment, paths: ExperimentPaths, *, simulated=None) -> dict:
+    """``{stage: {tile or "experiment": [marker folders or product files]}}`` of every stage.
+
+    ``evaluate`` is listed for simulated experiments (``simulated=None``:
+    when the experiment folder has ground truth).
+    """
     out = {"init": {"experiment": [paths.calibrations]}}
     for tile in experiment.tiles:
         for stage, markers in tile_markers(experiment, paths, tile).items():
             out.setdefault(stage, {})[tile] = markers
+    out["filter"] = {"experiment": [paths.filtered_spots, paths.filtered_spots_csv]}
+    if simulated or (simulated is None and (paths.ground_truth / "spots.parquet").is_file()):
+        out["evaluate"] = {"experiment": [paths.evaluation_json]}
     return out
+
+
+PRODUCT_SUFFIXES = (".parquet", ".csv", ".json")
+
+
+def target_file(target: Path) -> Path:
+    """The file Snakemake tracks for a stage target: a product file itself, else the folder's ``.zattrs``."""
+    return target if target.suffix in PRODUCT_SUFFIXES else marker(target)
+
+
+def is_done(target: Path) -> bool:
+    """A marker folder is done when its ``.zattrs`` says complete; a product file when it exists
+    (products are written atomically: one that exists is whole)."""
+    return target.is_file() if target.suffix in PRODUCT_SUFFIXES else datastore.is_complete(target)
 
 
 def stage_states(experiment: Experiment, experiment_dir) -> dict:
@@ -47,7 +68,7 @@ def stage_states(experiment: Experiment, experiment_dir) -> dict:
     paths = ExperimentPaths(experiment_dir)
     states = {}
     for stage, units in stage_groups(experiment, paths).items():
-        per_unit = {unit: all(datastore.is_complete(g) for g in groups) for unit, groups in units.items()}
+        per_unit = {unit: all(is_done(g) for g in groups) for unit, groups in units.items()}
         states[stage] = {
             "complete": all(per_unit.values()),
             "units_complete": sum(per_unit.values()),

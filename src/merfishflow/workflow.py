@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .metadata import Experiment, load_experiment
 from .paths import DECON_DATA, REGISTERED_DATA, ExperimentPaths, marker
-from .status import stage_groups, tile_markers
+from .status import stage_groups, target_file, tile_markers
 
 TILE_WILDCARD = "{tile}"
 WILDCARD_CONSTRAINTS = {"tile": r"tile\d{4}"}
@@ -114,12 +114,42 @@ class Pipeline:
     def register_global_markers(self) -> list[str]:
         return [str(marker(self.paths.global_registration(t))) for t in self.experiment.tiles]
 
+    def decode_inputs(self, tile: str = TILE_WILDCARD) -> list[str]:
+        """Every readout bit's registered data of a tile."""
+        return [str(marker(self.paths.readout_array(tile, b, REGISTERED_DATA))) for b in self.experiment.bits]
+
+    def global_registration_marker(self, tile: str = TILE_WILDCARD) -> str:
+        return str(marker(self.paths.global_registration(tile)))
+
+    def decoded_tile(self, tile: str = TILE_WILDCARD) -> str:
+        return str(self.paths.decoded_tile(tile))
+
+    def all_decoded_tiles(self) -> list[str]:
+        return [self.decoded_tile(t) for t in self.experiment.tiles]
+
+    @property
+    def filtered_spots(self) -> str:
+        return str(self.paths.filtered_spots)
+
+    @property
+    def filtered_spots_csv(self) -> str:
+        return str(self.paths.filtered_spots_csv)
+
+    @property
+    def evaluation_json(self) -> str:
+        return str(self.paths.evaluation_json)
+
+    @property
+    def ground_truth(self) -> str:
+        """The simulator's ground_truth/ folder (a directory output of rule simulate)."""
+        return str(self.paths.ground_truth)
+
     def all_stage_markers(self) -> list[str]:
-        """Every marker of every stage, for the datastore summary job."""
+        """Every marker (or finished product file) of every stage, for the datastore summary job."""
         out = []
-        for units in stage_groups(self.experiment, self.paths).values():
-            for groups in units.values():
-                out.extend(str(marker(g)) for g in groups)
+        for units in stage_groups(self.experiment, self.paths, simulated=self.simulated).values():
+            for targets in units.values():
+                out.extend(str(target_file(t)) for t in targets)
         return out
 
     def log(self, stage: str, name: str) -> str:
@@ -158,6 +188,20 @@ class Pipeline:
         channels = len(self.experiment.channels)
         work = channels * self._voxels * self.config["deconvolution"]["iterations"]
         return int(math.ceil(5 + work / 2e6 / 60)) * attempt
+
+    def decode_mem_mb(self, attempt: int = 1) -> int:
+        """A slab (with its z halo) of every bit in float32 a few times over, plus the refinement crop."""
+        from .decoding import DecodingParams
+
+        params = DecodingParams(**self.config["decoding"])
+        z, y, x = self.experiment.image_shape_zyx
+        slab = (min(z, params.slab_planes) + 6) * y * x * self.experiment.n_bits * 4
+        crop = min(params.refine_max_voxels, self._voxels) * self.experiment.n_bits * 4
+        return int(math.ceil(800 + (4 * slab + crop) / 2**20)) * attempt
+
+    def decode_runtime_min(self, attempt: int = 1) -> int:
+        """Bits x voxels at 5 Mvoxel-bits/s (benchmarks/RESULTS.md)."""
+        return int(math.ceil(5 + self.experiment.n_bits * self._voxels / 5e6 / 60)) * attempt
 
     def register_mem_mb(self, attempt: int = 1) -> int:
         """Reference, moving and resampled volumes in float32, plus ~5 complex64 copies of the rigid crop."""

@@ -1,0 +1,13 @@
+"""Rule decode: one tile's registered readouts into decoded/tileNNNN_decoded_features.parquet."""
+from merfishflow.decoding import DecodingParams
+from merfishflow.jobs import run_job
+from merfishflow.paths import experiment_of
+from merfishflow.stages.decode import decode_tile_stage
+
+
+def main(smk, progress):
+    decode_tile_stage(experiment_of(smk.output[0]), smk.wildcards.tile, DecodingParams(**smk.params.decoding),
+                      progress=progress)
+
+
+run_job(snakemake, main)  # noqa: F821 (injected by Snakemake)

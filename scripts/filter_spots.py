@@ -1,0 +1,13 @@
+"""Rule filter_spots: blank-based FDR filter and overlap cleanup of all tiles' spots."""
+from merfishflow.filtering import FilterParams
+from merfishflow.jobs import run_job
+from merfishflow.paths import experiment_of
+from merfishflow.stages.decode import filter_experiment
+
+
+def main(smk, progress):
+    filter_experiment(experiment_of(smk.output[0]), smk.params.tiles, FilterParams(**smk.params.filtering),
+                      progress=progress)
+
+
+run_job(snakemake, main)  # noqa: F821 (injected by Snakemake)

@@ -1,0 +1,190 @@
+"""Pixel decoding (merfishflow.decoding) against the simulator's ground truth, and its contracts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import spearmanr
+
+from merfishflow import datastore
+from merfishflow.decoding import DecodingParams, decode_tile, spot_columns
+from merfishflow.errors import InputError
+from merfishflow.evaluation import score_spots
+from merfishflow.metadata import load_experiment
+from merfishflow.paths import REGISTERED_DATA, ExperimentPaths
+from merfishflow.simulation import simulate_experiment
+from merfishflow.stages.deconvolve import deconvolve_tile_round
+from merfishflow.stages.ingest import ingest_tile_round
+from merfishflow.stages.init import run_init
+from merfishflow.stages.register import register_tile
+
+# Default physics (voxel 0.31 x 0.108 x 0.108 um, NA 1.3, 4000 photons, shifts and deformation on);
+# one tile to save time.
+SIMULATION = {"seed": 1, "n_tiles_yx": [1, 1]}
+# Measured with the defaults on this tile (99 molecules); see benchmarks/RESULTS.md.
+F1_FLOOR = 0.90
+F1_TARGET = 0.97
+
+
+def _quiet(_message):
+    pass
+
+
+@pytest.fixture(scope="module")
+def registered_tile(tmp_path_factory):
+    """Simulate, ingest, deconvolve and register one tile in-process; the (16, Z, Y, X) float32 stack."""
+    root = tmp_path_factory.mktemp("decoding") / "experiment"
+    simulate_experiment(root, SIMULATION)
+    run_init(root, progress=_quiet)
+    experiment = load_experiment(root)
+    tile = experiment.tiles[0]
+    for round_ in experiment.rounds:
+        ingest_tile_round(root, tile, round_, experiment.stage_position(tile), progress=_quiet)
+        deconvolve_tile_round(root, tile, round_, progress=_quiet)
+    register_tile(root, tile, progress=_quiet)
+    paths = ExperimentPaths(root)
+    stack = np.stack([datastore.read_marked_array(paths.readout_array(tile, bit, REGISTERED_DATA))
+                      for bit in experiment.bits]).astype(np.float32)
+    truth = pd.read_parquet(root / "ground_truth" / "spots.parquet")
+    bits = pd.read_csv(root / "ground_truth" / "bits.csv")
+    return {"experiment": experiment, "stack": stack, "truth": truth[truth["tile"] == 0], "bits": bits}
+
+
+def _reader(stack):
+    return lambda z0, z1: stack[:, z0:z1].copy()
+
+
+def _decode(data, params=DecodingParams()):
+    experiment, stack = data["experiment"], data["stack"]
+    return decode_tile(_reader(stack), stack.shape[1:], np.array(experiment.codewords),
+                       experiment.voxel_size_zyx_um, params)
+
+
+@pytest.fixture(scope="module")
+def decoded(registered_tile):
+    return _decode(registered_tile)
+
+
+def _score(data, spots):
+    experiment = data["experiment"]
+    frame = spots.assign(tile=0, gene_id=[experiment.gene_ids[i] for i in spots["barcode_id"]])
+    return score_spots(frame, data["truth"], experiment.voxel_size_zyx_um, radius_um=0.5)["overall"]
+
+
+def test_decoded_spots_match_the_truth(registered_tile, decoded):
+    score = _score(registered_tile, decoded.spots)
+    print(f"default tile: {score}")
+    assert list(decoded.spots.columns) == spot_columns(16)
+    assert score["f1"] >= F1_FLOOR, score
+
+
+@pytest.mark.xfail(reason="measured F1 0.939 (P 0.939, R 0.939, 99 molecules) on this tile: same-gene molecules "
+                          "0.3-0.5 um apart give one spot, and molecules just outside the stack's first/last "
+                          "plane are placed just inside it; see benchmarks/RESULTS.md", strict=False)
+def test_decoded_spots_reach_the_f1_target(registered_tile, decoded):
+    assert _score(registered_tile, decoded.spots)["f1"] >= F1_TARGET
+
+
+def test_normalization_converges_and_follows_bit_brightness(registered_tile, decoded):
+    assert decoded.converged
+    changes = [h["max_rel_change"] for h in decoded.history if h["max_rel_change"] is not None]
+    assert changes[-1] <= DecodingParams().convergence_tol < changes[0]
+    # The scale of a bit is (brightness factor) x (peak height of a spot in that channel, which depends on the
+    # channel's PSF): compare within each channel.
+    bits = registered_tile["bits"]
+    rel_scale = np.empty(len(bits))
+    rel_brightness = np.empty(len(bits))
+    for _, group in bits.groupby("channel"):
+        rows = group.index.to_numpy()
+        rel_scale[rows] = decoded.scale[rows] / np.median(decoded.scale[rows])
+        rel_brightness[rows] = group["brightness_factor"].to_numpy() / group["brightness_factor"].median()
+    rho = spearmanr(rel_scale, rel_brightness).correlation
+    print(f"Spearman(scale, brightness) within channels: {rho:.3f}")
+    assert rho >= 0.6
+
+
+def test_slabs_equal_the_whole_volume_on_the_simulated_tile(registered_tile):
+    whole = _decode(registered_tile, DecodingParams(slab_planes=64))
+    slabs = _decode(registered_tile, DecodingParams(slab_planes=4))
+    _assert_same_spots(whole, slabs)
+
+
+def _assert_same_spots(a, b):
+    assert len(a.spots) == len(b.spots) > 0
+    np.testing.assert_allclose(a.scale, b.scale, rtol=1e-5)
+    sa = a.spots.sort_values(["barcode_id", "z_px", "y_px", "x_px"]).reset_index(drop=True)
+    sb = b.spots.sort_values(["barcode_id", "z_px", "y_px", "x_px"]).reset_index(drop=True)
+    assert sa["barcode_id"].tolist() == sb["barcode_id"].tolist()
+    assert sa["area"].tolist() == sb["area"].tolist()
+    for column in sa.columns:
+        np.testing.assert_allclose(sa[column].to_numpy(np.float64), sb[column].to_numpy(np.float64),
+                                   rtol=1e-5, atol=1e-6, err_msg=column)
+
+
+def _synthetic(centres, codes, codewords, shape=(12, 40, 40), seed=0):
+    """Poisson background plus Gaussian spots (sigma 1.2 x 1.5 x 1.5 voxels) in the bits of each codeword."""
+    rng = np.random.default_rng(seed)
+    n_bits = codewords.shape[1]
+    zz, yy, xx = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    lam = np.full((n_bits, *shape), 20.0)
+    for (z, y, x), code in zip(centres, codes):
+        blob = 800 * np.exp(-((zz - z) ** 2 / (2 * 1.2**2) + (yy - y) ** 2 / (2 * 1.5**2)
+                              + (xx - x) ** 2 / (2 * 1.5**2)))
+        for b in np.flatnonzero(codewords[code]):
+            lam[b] += blob
+    return rng.poisson(lam).astype(np.float32)
+
+
+CODEWORDS = np.array([[1, 1, 1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 1, 1, 0, 0],
+                      [0, 0, 0, 0, 1, 1, 1, 1], [1, 0, 1, 0, 0, 1, 0, 1]], dtype=np.uint8)
+
+
+def test_slabs_equal_the_whole_volume_with_a_spot_on_the_boundary():
+    centres = [(2.0, 10.0, 10.0), (5.5, 20.0, 20.0), (6.0, 30.0, 12.0), (9.0, 12.0, 30.0), (3.5, 30.0, 30.0)]
+    codes = [0, 1, 2, 3, 4]
+    stack = _synthetic(centres, codes, CODEWORDS)
+    voxel = (0.31, 0.108, 0.108)
+    params = dict(min_spots_per_bit=1, n_iterations=3)
+    whole = decode_tile(_reader(stack), stack.shape[1:], CODEWORDS, voxel, DecodingParams(slab_planes=12, **params))
+    slabs = decode_tile(_reader(stack), stack.shape[1:], CODEWORDS, voxel, DecodingParams(slab_planes=3, **params))
+    _assert_same_spots(whole, slabs)
+    spots = whole.spots
+    assert sorted(spots["barcode_id"]) == codes
+    straddler = spots[spots["barcode_id"] == 1].iloc[0]
+    # Planes 3-5 and 6-8 are different slabs: this spot was cut by the boundary and stitched back.
+    assert straddler["z_px"] == pytest.approx(5.5, abs=0.3) and straddler["area"] > 10
+    for (z, y, x), code in zip(centres, codes):
+        row = spots[spots["barcode_id"] == code].iloc[0]
+        assert np.hypot(row["y_px"] - y, row["x_px"] - x) < 0.3 and abs(row["z_px"] - z) < 0.5
+
+
+@pytest.mark.parametrize("fill", ["zeros", "background"])
+def test_empty_tile_gives_an_empty_table(fill):
+    shape = (6, 24, 24)
+    if fill == "zeros":
+        stack = np.zeros((8, *shape), np.float32)
+    else:
+        stack = np.random.default_rng(0).poisson(20.0, size=(8, *shape)).astype(np.float32)
+    result = decode_tile(_reader(stack), shape, CODEWORDS, (0.31, 0.108, 0.108))
+    assert len(result.spots) == 0
+    assert list(result.spots.columns) == spot_columns(8)
+    assert result.spots["barcode_id"].dtype == np.int32 and result.spots["z_px"].dtype == np.float64
+    assert result.scale.shape == result.background.shape == (8,)
+
+
+def test_codebook_and_image_bit_counts_must_agree():
+    stack = np.zeros((8, 4, 16, 16), np.float32)
+    with pytest.raises(InputError, match=r"codebook has 5 bits"):
+        decode_tile(_reader(stack), stack.shape[1:], CODEWORDS[:, :5], (0.31, 0.108, 0.108))
+    with pytest.raises(InputError, match="only 0 and 1"):
+        decode_tile(_reader(stack), stack.shape[1:], CODEWORDS * 2, (0.31, 0.108, 0.108))
+    with pytest.raises(InputError, match="distance_threshold"):
+        DecodingParams(distance_threshold=2.0)
+
+
+def test_decoding_is_deterministic(registered_tile, decoded):
+    again = _decode(registered_tile)
+    assert decoded.spots.to_numpy().tobytes() == again.spots.to_numpy().tobytes()
+    assert decoded.scale.tobytes() == again.scale.tobytes()
+    assert DecodingParams(**DecodingParams().to_dict()) == DecodingParams()
