@@ -4,6 +4,8 @@ rule datastore:
         ALL_STAGE_MARKERS,
     output:
         PIPELINE.datastore_json,
+    params:
+        simulated=PIPELINE.simulated,
     log:
         PIPELINE.log("datastore", "datastore"),
     conda:

@@ -7,7 +7,7 @@ from merfishflow.status import write_datastore_json
 
 def main(smk, progress):
     experiment = load_experiment(experiment_of(smk.output[0]), check_tiffs=False)
-    path = write_datastore_json(experiment, experiment_of(smk.output[0]))
+    path = write_datastore_json(experiment, experiment_of(smk.output[0]), simulated=smk.params.simulated)
     progress(f"wrote {path}")
 
 

@@ -63,11 +63,11 @@ def is_done(target: Path) -> bool:
     return target.is_file() if target.suffix in PRODUCT_SUFFIXES else datastore.is_complete(target)
 
 
-def stage_states(experiment: Experiment, experiment_dir) -> dict:
+def stage_states(experiment: Experiment, experiment_dir, *, simulated=None) -> dict:
     """Per stage: ``complete`` (every unit done) and the per-tile state."""
     paths = ExperimentPaths(experiment_dir)
     states = {}
-    for stage, units in stage_groups(experiment, paths).items():
+    for stage, units in stage_groups(experiment, paths, simulated=simulated).items():
         per_unit = {unit: all(is_done(g) for g in groups) for unit, groups in units.items()}
         states[stage] = {
             "complete": all(per_unit.values()),
@@ -78,20 +78,21 @@ def stage_states(experiment: Experiment, experiment_dir) -> dict:
     return states
 
 
-def datastore_document(experiment: Experiment, experiment_dir) -> dict:
+def datastore_document(experiment: Experiment, experiment_dir, *, simulated=None) -> dict:
     """The content of ``datastore.json``."""
     return {
         "Version": DATASTORE_VERSION,
         "software": datastore.software_versions(),
         "manifest": experiment.summary(),
-        "stages": stage_states(experiment, experiment_dir),
+        "stages": stage_states(experiment, experiment_dir, simulated=simulated),
     }
 
 
-def write_datastore_json(experiment: Experiment, experiment_dir) -> Path:
+def write_datastore_json(experiment: Experiment, experiment_dir, *, simulated=None) -> Path:
     paths = ExperimentPaths(experiment_dir)
     paths.datastore.mkdir(parents=True, exist_ok=True)
-    return write_text(paths.datastore_json, canonical_json(datastore_document(experiment, experiment_dir)))
+    return write_text(paths.datastore_json, canonical_json(datastore_document(experiment, experiment_dir,
+                                                                                 simulated=simulated)))
 
 
 def format_status(experiment: Experiment, experiment_dir) -> str:
