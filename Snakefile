@@ -19,6 +19,7 @@ include: "rules/ingest.smk"
 include: "rules/deconvolve.smk"
 include: "rules/register.smk"
 include: "rules/decode.smk"
+include: "rules/cells.smk"
 include: "rules/datastore.smk"
 
 

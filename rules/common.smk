@@ -49,3 +49,7 @@ def decode_mem_mb(wildcards, attempt):
 
 def decode_runtime(wildcards, attempt):
     return PIPELINE.decode_runtime_min(attempt)
+
+
+def segment_mem_mb(wildcards, attempt):
+    return PIPELINE.segment_mem_mb(attempt)

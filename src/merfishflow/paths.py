@@ -133,6 +133,35 @@ class ExperimentPaths:
         return self.decoded / "evaluation.json"
 
     @property
+    def segmentation(self) -> Path:
+        return self.datastore / "segmentation"
+
+    def cell_masks(self, tile: str) -> Path:
+        """Versioned mask file of a tile (docs/masks.md)."""
+        return self.segmentation / f"{tile}_cells.mfmask"
+
+    @property
+    def cells_table(self) -> Path:
+        return self.segmentation / "cells.parquet"
+
+    @property
+    def assigned_spots(self) -> Path:
+        """The filtered spots with their cell_id."""
+        return self.decoded / "all_tiles_filtered_cells.parquet"
+
+    @property
+    def assigned_spots_csv(self) -> Path:
+        return self.decoded / "all_tiles_filtered_cells_starfish.csv"
+
+    @property
+    def counts(self) -> Path:
+        return self.datastore / "counts"
+
+    def counts_files(self) -> dict:
+        return {name: self.counts / name for name in
+                ("matrix.mtx.gz", "barcodes.tsv.gz", "features.tsv.gz", "cell_by_gene.h5ad")}
+
+    @property
     def provenance(self) -> Path:
         return self.datastore / "provenance"
 

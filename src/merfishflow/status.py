@@ -17,7 +17,8 @@ from .paths import DECON_DATA, FLOW_FIELD, REGISTERED_DATA, ExperimentPaths, mar
 
 DATASTORE_VERSION = 1
 # Stages in pipeline order.
-STAGES = ("init", "ingest", "deconvolve", "register_local", "register_global", "decode", "filter", "evaluate")
+STAGES = ("init", "ingest", "deconvolve", "register_local", "register_global", "decode", "filter", "evaluate",
+          "segment", "assign")
 
 
 def tile_markers(experiment: Experiment, paths: ExperimentPaths, tile: str) -> dict:
@@ -30,7 +31,8 @@ def tile_markers(experiment: Experiment, paths: ExperimentPaths, tile: str) -> d
              + [paths.fiducial_array(tile, r, FLOW_FIELD) for r in rounds[1:]]
              + [paths.readout_array(tile, b, REGISTERED_DATA) for b in bits])
     return {"ingest": ingest, "deconvolve": decon, "register_local": local,
-            "register_global": [paths.global_registration(tile)], "decode": [paths.decoded_tile(tile)]}
+            "register_global": [paths.global_registration(tile)], "decode": [paths.decoded_tile(tile)],
+            "segment": [paths.cell_masks(tile)]}
 
 
 def stage_groups(experiment: Experiment, paths: ExperimentPaths, *, simulated=None) -> dict:
@@ -44,12 +46,14 @@ def stage_groups(experiment: Experiment, paths: ExperimentPaths, *, simulated=No
         for stage, markers in tile_markers(experiment, paths, tile).items():
             out.setdefault(stage, {})[tile] = markers
     out["filter"] = {"experiment": [paths.filtered_spots, paths.filtered_spots_csv]}
+    out["assign"] = {"experiment": [paths.assigned_spots, paths.assigned_spots_csv, paths.cells_table,
+                                    *paths.counts_files().values()]}
     if simulated or (simulated is None and (paths.ground_truth / "spots.parquet").is_file()):
         out["evaluate"] = {"experiment": [paths.evaluation_json]}
     return out
 
 
-PRODUCT_SUFFIXES = (".parquet", ".csv", ".json")
+PRODUCT_SUFFIXES = (".parquet", ".csv", ".json", ".mfmask", ".gz", ".h5ad")
 
 
 def target_file(target: Path) -> Path:

@@ -144,6 +144,21 @@ class Pipeline:
         """The simulator's ground_truth/ folder (a directory output of rule simulate)."""
         return str(self.paths.ground_truth)
 
+    def segment_input(self, tile: str = TILE_WILDCARD) -> str:
+        return str(marker(self.paths.fiducial_array(tile, self.experiment.rounds[0], REGISTERED_DATA)))
+
+    def cell_masks(self, tile: str = TILE_WILDCARD) -> str:
+        return str(self.paths.cell_masks(tile))
+
+    def all_cell_masks(self) -> list[str]:
+        return [self.cell_masks(t) for t in self.experiment.tiles]
+
+    def assign_outputs(self) -> dict:
+        files = {"spots": self.paths.assigned_spots, "csv": self.paths.assigned_spots_csv,
+                 "cells": self.paths.cells_table}
+        files.update({name.split(".")[0]: path for name, path in self.paths.counts_files().items()})
+        return {k: str(v) for k, v in files.items()}
+
     def all_stage_markers(self) -> list[str]:
         """Every marker (or finished product file) of every stage, for the datastore summary job."""
         out = []
@@ -202,6 +217,10 @@ class Pipeline:
     def decode_runtime_min(self, attempt: int = 1) -> int:
         """Bits x voxels at 5 Mvoxel-bits/s (benchmarks/RESULTS.md)."""
         return int(math.ceil(5 + self.experiment.n_bits * self._voxels / 5e6 / 60)) * attempt
+
+    def segment_mem_mb(self, attempt: int = 1) -> int:
+        """~42 bytes per voxel at the peak (distance transform, watershed; benchmarks/RESULTS.md)."""
+        return int(math.ceil(800 + 45 * self._voxels / 2**20)) * attempt
 
     def register_mem_mb(self, attempt: int = 1) -> int:
         """Reference, moving and resampled volumes in float32, plus ~5 complex64 copies of the rigid crop."""

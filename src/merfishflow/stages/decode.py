@@ -52,7 +52,7 @@ def spot_schema(n_bits: int) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _write_table(path: Path, frame: pd.DataFrame, schema: pa.Schema, metadata: dict) -> Path:
+def write_spot_table(path: Path, frame: pd.DataFrame, schema: pa.Schema, metadata: dict) -> Path:
     table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
     table = table.replace_schema_metadata({METADATA_KEY: canonical_json(metadata).encode()})
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +112,7 @@ def decode_tile_stage(experiment_dir, tile, params=DecodingParams(), progress=pr
         "n_spots": int(len(spots)), "n_blank": int(spots["is_blank"].sum()),
     }
     out = paths.decoded_tile(tile)
-    _write_table(out, spots, spot_schema(len(bits)), metadata)
+    write_spot_table(out, spots, spot_schema(len(bits)), metadata)
     progress(f"{tile}: {len(spots)} spots ({int(spots['is_blank'].sum())} blank) -> {out.name}")
     return out
 
@@ -142,7 +142,7 @@ def filter_experiment(experiment_dir, tiles, params=FilterParams(), progress=pri
     metadata = {"stage": "filter", "software": datastore.software_versions(), "parameters": params.to_dict(),
                 "report": report, "tiles": list(tiles),
                 "inputs_sha256": hashlib.sha256("".join(digests).encode()).hexdigest()}
-    _write_table(paths.filtered_spots, final, spot_schema(n_bits), metadata)
+    write_spot_table(paths.filtered_spots, final, spot_schema(n_bits), metadata)
     csv = starfish_table(final, calibration["voxel_size_zyx_um"])
     atomic(paths.filtered_spots_csv, lambda p: csv.to_csv(p, index=False, float_format="%.6g", lineterminator="\n"))
     return final, report

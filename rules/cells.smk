@@ -1,0 +1,34 @@
+# Cell segmentation per tile, then spots to cells and the cell x gene counts.
+rule segment:
+    input:
+        fiducial=PIPELINE.segment_input(),
+        placement=PIPELINE.global_registration_marker(),
+    output:
+        PIPELINE.cell_masks(),
+    params:
+        segmentation=config["segmentation"],
+    log:
+        PIPELINE.log("segment", "{tile}"),
+    resources:
+        mem_mb=segment_mem_mb,
+    conda:
+        "../envs/merfishflow.yaml"
+    script:
+        "../scripts/segment.py"
+
+
+rule assign:
+    input:
+        masks=PIPELINE.all_cell_masks(),
+        spots=PIPELINE.filtered_spots,
+    output:
+        **PIPELINE.assign_outputs(),
+    params:
+        tiles=PIPELINE.experiment.tiles,
+        min_shared_fraction=config["assignment"]["min_shared_fraction"],
+    log:
+        PIPELINE.log("assign", "assign"),
+    conda:
+        "../envs/merfishflow.yaml"
+    script:
+        "../scripts/assign.py"

@@ -1,0 +1,12 @@
+"""Rule assign: cells merged across tiles, spots given their cell, cell x gene counts."""
+from merfishflow.jobs import run_job
+from merfishflow.paths import experiment_of
+from merfishflow.stages.cells import assign_experiment
+
+
+def main(smk, progress):
+    assign_experiment(experiment_of(smk.output[0]), smk.params.tiles, smk.params.min_shared_fraction,
+                      progress=progress)
+
+
+run_job(snakemake, main)  # noqa: F821 (injected by Snakemake)

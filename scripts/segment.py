@@ -1,0 +1,13 @@
+"""Rule segment: one tile's registered round-0 fiducial into a versioned cell mask file."""
+from merfishflow.jobs import run_job
+from merfishflow.paths import experiment_of
+from merfishflow.segmentation import SegmentationParams
+from merfishflow.stages.cells import segment_tile_stage
+
+
+def main(smk, progress):
+    segment_tile_stage(experiment_of(smk.output[0]), smk.wildcards.tile,
+                       SegmentationParams.from_dict(smk.params.segmentation), progress=progress)
+
+
+run_job(snakemake, main)  # noqa: F821 (injected by Snakemake)

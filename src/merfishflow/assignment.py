@@ -1,0 +1,192 @@
+"""Cells across tiles, spots to cells, and the cell x gene count matrix.
+
+Each tile is segmented on its own, so a cell that spans a tile overlap is
+found twice. Two instances from neighbouring tiles are the same cell when,
+in the overlap (tiles placed by global registration), they share at least
+``min_shared_fraction`` of the smaller instance's voxels there; such
+instances are merged (union-find) into one global cell. Global cell ids are
+1..N in the order of each cell's first instance (tile, then local label).
+
+A spot belongs to the cell whose mask contains it in the spot's own tile
+(after overlap cleanup each spot has exactly one tile); 0 = no cell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .stitching import overlap_slices
+
+
+@dataclass(frozen=True)
+class GlobalCells:
+    """Global cells and how tile instances map to them.
+
+    Attributes
+    ----------
+    instance_to_cell : dict
+        ``{(tile index, local label): global cell id}``.
+    table : DataFrame
+        One row per global cell: ``cell_id`` (int32), ``centroid_z_um``,
+        ``centroid_y_um``, ``centroid_x_um`` (global µm, volume-weighted over
+        its instances), ``volume_um3``, ``n_instances``, ``tiles`` (str,
+        ';'-separated tile indices).
+    """
+
+    instance_to_cell: dict
+    table: pd.DataFrame
+
+
+def _union_find(n):
+    parent = list(range(n))
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    def union(a, b):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    return find, union
+
+
+def shared_instances(labels_i, labels_j, origin_i_um, origin_j_um, voxel_size_zyx_um, min_shared_fraction=0.5):
+    """Pairs (label in i, label in j) that are one cell, from the overlap of two tiles.
+
+    Returns
+    -------
+    list of (int, int, int)
+        ``(label_i, label_j, shared voxels)``.
+    """
+    found = overlap_slices(origin_i_um, origin_j_um, labels_i.shape, voxel_size_zyx_um)
+    if found is None:
+        return []
+    a, b = labels_i[found[0]].ravel(), labels_j[found[1]].ravel()
+    both = (a > 0) & (b > 0)
+    if not both.any():
+        return []
+    pairs, shared = np.unique(np.stack([a[both], b[both]]), axis=1, return_counts=True)
+    size_a = dict(zip(*np.unique(a[a > 0], return_counts=True)))
+    size_b = dict(zip(*np.unique(b[b > 0], return_counts=True)))
+    # Mutual best partners only: an instance is one cell in each tile, so a
+    # fragment cannot chain two different cells of the other tile together.
+    best_a, best_b = {}, {}
+    for (la, lb), n in zip(pairs.T, shared):
+        if n > best_a.get(la, (0, 0))[0]:
+            best_a[la] = (n, lb)
+        if n > best_b.get(lb, (0, 0))[0]:
+            best_b[lb] = (n, la)
+    out = []
+    for (la, lb), n in zip(pairs.T, shared):
+        mutual = best_a[la][1] == lb and best_b[lb][1] == la
+        if mutual and n >= min_shared_fraction * min(size_a[la], size_b[lb]):
+            out.append((int(la), int(lb), int(n)))
+    return out
+
+
+def merge_cells(mask_sets, load_labels, min_shared_fraction=0.5, progress=None) -> GlobalCells:
+    """Merge the cell instances of all tiles into global cells.
+
+    Parameters
+    ----------
+    mask_sets : list of merfishflow.masks.MaskSet
+        One per tile, in tile order (origin and voxel size inside).
+    load_labels : callable(int) -> ndarray
+        Label volume of tile t (e.g. ``mask_sets[t].to_labels``), loaded on
+        demand so two tiles are in memory at a time.
+    min_shared_fraction : float
+
+    Returns
+    -------
+    GlobalCells
+    """
+    instances = [(t, c.cell_id) for t, ms in enumerate(mask_sets) for c in ms.cells]
+    index = {key: k for k, key in enumerate(instances)}
+    find, union = _union_find(len(instances))
+    shared_voxels = {}
+    for i in range(len(mask_sets)):
+        labels_i = None
+        for j in range(i + 1, len(mask_sets)):
+            mi, mj = mask_sets[i], mask_sets[j]
+            if overlap_slices(mi.origin_zyx_um, mj.origin_zyx_um, mi.shape_zyx, mi.voxel_size_zyx_um) is None:
+                continue
+            labels_i = load_labels(i) if labels_i is None else labels_i
+            pairs = shared_instances(labels_i, load_labels(j), mi.origin_zyx_um, mj.origin_zyx_um,
+                                     mi.voxel_size_zyx_um, min_shared_fraction)
+            for la, lb, n in pairs:
+                union(index[(i, la)], index[(j, lb)])
+                shared_voxels[(i, la)] = shared_voxels.get((i, la), 0) + n
+            if progress is not None:
+                progress(f"tile{i:04d}-tile{j:04d}: {len(pairs)} cells span the overlap")
+    roots = sorted({find(k) for k in range(len(instances))})
+    cell_of_root = {root: n + 1 for n, root in enumerate(roots)}
+    mapping = {key: cell_of_root[find(k)] for key, k in index.items()}
+    rows = {}
+    for (t, label), cell in mapping.items():
+        ms = mask_sets[t]
+        c = ms.cell(label)
+        volume = c.volume_voxels * float(np.prod(ms.voxel_size_zyx_um))
+        row = rows.setdefault(cell, {"weight": 0.0, "centroid": np.zeros(3), "volume": 0.0, "tiles": []})
+        row["weight"] += c.volume_voxels
+        row["centroid"] += c.volume_voxels * np.asarray(c.centroid_zyx_um, float)
+        row["volume"] += volume
+        row["tiles"].append(t)
+    # Voxels two merged instances share in an overlap are counted once.
+    for (t, label), n in shared_voxels.items():
+        ms = mask_sets[t]
+        rows[mapping[(t, label)]]["volume"] -= n * float(np.prod(ms.voxel_size_zyx_um))
+    cells = sorted(rows)
+    table = pd.DataFrame({
+        "cell_id": np.array(cells, np.int32),
+        "centroid_z_um": [rows[c]["centroid"][0] / rows[c]["weight"] for c in cells],
+        "centroid_y_um": [rows[c]["centroid"][1] / rows[c]["weight"] for c in cells],
+        "centroid_x_um": [rows[c]["centroid"][2] / rows[c]["weight"] for c in cells],
+        "volume_um3": [rows[c]["volume"] for c in cells],
+        "n_instances": np.array([len(rows[c]["tiles"]) for c in cells], np.int32),
+        "tiles": [";".join(str(t) for t in sorted(set(rows[c]["tiles"]))) for c in cells],
+    })
+    return GlobalCells(mapping, table)
+
+
+def assign_spots(spots: pd.DataFrame, load_labels, cells: GlobalCells) -> np.ndarray:
+    """Global cell id of every spot (0 = outside every cell), from its own tile's mask.
+
+    Parameters
+    ----------
+    spots : DataFrame
+        Columns ``tile`` (int), ``z_px``, ``y_px``, ``x_px``.
+    load_labels : callable(int) -> ndarray
+    cells : GlobalCells
+    """
+    out = np.zeros(len(spots), np.int32)
+    tiles = spots["tile"].to_numpy()
+    for t in np.unique(tiles):
+        rows = np.flatnonzero(tiles == t)
+        labels = load_labels(int(t))
+        index = np.rint(spots.iloc[rows][["z_px", "y_px", "x_px"]].to_numpy(np.float64)).astype(np.int64)
+        index = np.clip(index, 0, np.asarray(labels.shape) - 1)
+        local = labels[index[:, 0], index[:, 1], index[:, 2]]
+        out[rows] = [cells.instance_to_cell.get((int(t), int(label)), 0) if label else 0 for label in local]
+    return out
+
+
+def count_matrix(spots: pd.DataFrame, cell_ids, genes):
+    """Cells x genes counts (scipy CSR, int32) from spots with ``cell_id`` > 0 and a gene in ``genes``."""
+    from scipy.sparse import coo_matrix
+
+    gene_index = {g: k for k, g in enumerate(genes)}
+    cell_index = {int(c): k for k, c in enumerate(cell_ids)}
+    keep = (spots["cell_id"].to_numpy() > 0) & spots["gene_id"].isin(gene_index).to_numpy()
+    rows = [cell_index[int(c)] for c in spots["cell_id"].to_numpy()[keep]]
+    cols = [gene_index[g] for g in spots["gene_id"].to_numpy()[keep]]
+    data = np.ones(len(rows), np.int32)
+    matrix = coo_matrix((data, (rows, cols)), shape=(len(cell_ids), len(genes)), dtype=np.int32).tocsr()
+    matrix.sum_duplicates()
+    return matrix
