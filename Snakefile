@@ -7,9 +7,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# The demo config, found next to this Snakefile whatever the working directory;
-# --configfile replaces it.
-configfile: Path(workflow.basedir) / "config" / "config.yaml"
+# The demo config, found next to this Snakefile whatever the working directory,
+# used only when no --configfile/--config is given (Snakemake would otherwise
+# merge the demo's keys, e.g. its export requests, into the user's config).
+if not config:
+
+    configfile: Path(workflow.basedir) / "config" / "config.yaml"
 
 
 include: "rules/common.smk"
@@ -20,6 +23,7 @@ include: "rules/deconvolve.smk"
 include: "rules/register.smk"
 include: "rules/decode.smk"
 include: "rules/cells.smk"
+include: "rules/export.smk"
 include: "rules/datastore.smk"
 
 
@@ -34,4 +38,5 @@ rule all:
     input:
         PIPELINE.datastore_json,
         ALL_STAGE_MARKERS,
+        PIPELINE.export_targets(),
     default_target: True

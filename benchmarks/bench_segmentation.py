@@ -14,6 +14,18 @@ Usage
     python benchmarks/bench_segmentation.py                      # 16x160x160 and 25x2048x2048
     python benchmarks/bench_segmentation.py --shapes 16x160x160  # quick
     python benchmarks/bench_segmentation.py --append             # also append to benchmarks/RESULTS.md
+    python benchmarks/bench_segmentation.py --accuracy experiments/demo   # mean IoU per tile vs ground truth
+
+``--accuracy EXPERIMENT`` (no timing) segments every tile of a simulated
+experiment that has been run through deconvolution and registration, once from
+the camera-corrected round-0 fiducial (``corrected_data``) and once from the
+registered deconvolved one (``registered_decon_data``, what the pipeline's
+segment rule uses), and prints :func:`merfishflow.segmentation.mean_iou`
+against ``ground_truth/cells_<tile>.tif``. It also prints two ceilings of
+the same score: ``fg_cap`` (the foreground of ``segment_cells`` split
+perfectly: every foreground voxel given the true label nearest to it) and
+``true_seed_ws`` (the same watershed of the distance transform, but with one
+seed per true cell at its deepest foreground voxel).
 """
 
 from __future__ import annotations
@@ -69,11 +81,57 @@ def child(shape, mode):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def accuracy(experiment_dir):
+    """Mean IoU per tile of the demo-like experiment, corrected vs deconvolved input, plus two ceilings."""
+    import numpy as np
+    import tifffile
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    from merfishflow import datastore
+    from merfishflow.paths import ExperimentPaths
+    from merfishflow.segmentation import SegmentationParams, _foreground, mean_iou, segment_cells
+
+    paths = ExperimentPaths(experiment_dir)
+    params = SegmentationParams()
+    for truth_file in sorted((Path(experiment_dir) / "ground_truth").glob("cells_tile*.tif")):
+        tile = truth_file.stem.split("_")[1]
+        truth = tifffile.imread(truth_file)
+        voxel = np.asarray(datastore.read_marker(paths.global_registration(tile))["spacing_zyx_um"], float)
+        inputs = {"corrected": np.asarray(datastore.read_array(paths.fiducial_group(tile, "round0000"),
+                                                               "corrected_data"), np.float32),
+                  "deconvolved": datastore.read_marked_array(
+                      paths.fiducial_array(tile, "round0000", "registered_decon_data")).astype(np.float32)}
+        for name, image in inputs.items():
+            t0 = time.perf_counter()
+            labels = segment_cells(image, voxel, params)
+            seconds = time.perf_counter() - t0
+            smoothed = ndi.gaussian_filter(image, params.smoothing_sigma_um / voxel)
+            fg = _foreground(smoothed, params)
+            _, nearest = ndi.distance_transform_edt(truth == 0, sampling=voxel, return_indices=True)
+            perfect = np.where(fg, truth[tuple(nearest)], 0)
+            distance = ndi.distance_transform_edt(fg, sampling=voxel)
+            ids = np.unique(truth[truth > 0])
+            deepest = np.asarray(ndi.maximum_position(distance * (truth > 0), truth, ids)).reshape(-1, 3)
+            markers = np.zeros(truth.shape, np.int32)
+            markers[tuple(deepest.T)] = np.arange(1, len(ids) + 1)
+            seeded = watershed(-distance, markers, mask=fg)
+            print(json.dumps({"tile": tile, "input": name, "mean_iou": round(mean_iou(labels, truth), 3),
+                              "n_cells": int(labels.max()), "n_true": int(len(ids)),
+                              "fg_cap": round(mean_iou(perfect, truth), 3),
+                              "true_seed_ws": round(mean_iou(seeded, truth), 3), "seconds": round(seconds, 2)}),
+                  flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", nargs="+", default=["16x160x160", "25x2048x2048"])
     ap.add_argument("--append", action="store_true")
+    ap.add_argument("--accuracy", metavar="EXPERIMENT", help="only report mean IoU on a simulated experiment")
     args = ap.parse_args()
+    if args.accuracy:
+        accuracy(args.accuracy)
+        return
     info = _common.machine_info()
     rows = []
     for s in args.shapes:

@@ -52,7 +52,7 @@ def run_snakemake(workdir: Path, configfile: Path, *args, check=True) -> subproc
 
 def planned_jobs(workdir: Path, configfile: Path, *args) -> dict:
     """Job counts per rule of a dry run (``{}`` when nothing is to be done)."""
-    result = run_snakemake(workdir, configfile, "-n", "--quiet", "rules", *args)
+    result = run_snakemake(workdir, configfile, *args, "-n", "--quiet", "rules")
     counts = {}
     text = result.stdout + result.stderr
     if "Nothing to be done" in text:

@@ -49,9 +49,24 @@ def test_mean_iou_regression(segmented, tile):
     assert mean_iou(segmented, tile[1], min_voxels=2000) >= 0.70
 
 
-@pytest.mark.xfail(strict=False, reason="target not reached: 0.576 (see docs/masks.md, 'Accuracy')")
+@pytest.mark.xfail(strict=False, reason="target not reached: measured 0.576 on this tile (0.43-0.49 on the demo "
+                                        "tiles); the seed information is missing, see docs/masks.md, 'Accuracy'")
 def test_mean_iou_target(segmented, tile):
     assert mean_iou(segmented, tile[1]) >= 0.7
+
+
+def test_foreground_caps_the_score(segmented, tile):
+    """Ceiling analysis of docs/masks.md, 'Accuracy': our foreground split perfectly (each foreground
+    voxel given its nearest true label) scores 0.679 on this tile (corrected, not deconvolved), already
+    below the 0.7 target; our split loses another ~0.1 (0.576)."""
+    from scipy import ndimage as ndi
+
+    truth = tile[1]
+    _, nearest = ndi.distance_transform_edt(truth == 0, sampling=VOXEL, return_indices=True)
+    perfect_split = np.where(segmented > 0, truth[tuple(nearest)], 0)
+    cap = mean_iou(perfect_split, truth)
+    assert 0.62 <= cap <= 0.75
+    assert mean_iou(segmented, truth) <= cap + 1e-9
 
 
 def test_deterministic(tile, segmented):

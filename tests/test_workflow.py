@@ -249,3 +249,21 @@ def test_wrong_tiff_is_refused_before_writing(demo_copy, change, words):
         ingest_tile_round(experiment_dir, "tile0000", "round0001", [0, 0, 0], progress=lambda m: None)
     assert str(info.value).startswith(f"{tiff}: {words}")
     assert file_bytes(group) == before  # refused before touching the existing complete output
+
+
+def test_exports_are_made_on_request(demo_copy):
+    workdir, config, experiment_dir = demo_copy
+    exports = ExperimentPaths(experiment_dir).exports
+    assert [p.name for p in exports.iterdir()] == ["starfish_codebook.json"], "no tile is exported unless asked"
+    target = exports / "tile0001_readouts.ome.tif"
+    jobs = planned_jobs(workdir, config, str(target.relative_to(workdir)))
+    assert jobs == {"export_ome": 1}
+    run_snakemake(workdir, config, str(target.relative_to(workdir)))
+    with tifffile.TiffFile(target) as tif:
+        assert tif.series[0].axes == "CZYX" and tif.series[0].shape[0] == 2 * N_ROUNDS
+    write_config(config, "experiment", exports={"tiles": ["tile0000"], "tiff": ["imagej"], "spacetx": False,
+                                                "starfish_codebook": True})
+    assert planned_jobs(workdir, config) == {"export_imagej": 1, "all": 1}
+    write_config(config, "experiment", exports={"tiles": ["tile0009"]})
+    result = run_snakemake(workdir, config, "-n", check=False)
+    assert result.returncode != 0 and "exports.tiles names ['tile0009']" in result.stdout + result.stderr

@@ -162,6 +162,10 @@ class ExperimentPaths:
                 ("matrix.mtx.gz", "barcodes.tsv.gz", "features.tsv.gz", "cell_by_gene.h5ad")}
 
     @property
+    def exports(self) -> Path:
+        return self.datastore / "exports"
+
+    @property
     def provenance(self) -> Path:
         return self.datastore / "provenance"
 

@@ -159,6 +159,43 @@ class Pipeline:
         files.update({name.split(".")[0]: path for name, path in self.paths.counts_files().items()})
         return {k: str(v) for k, v in files.items()}
 
+    # exports --------------------------------------------------------------------------------------
+    def export_inputs(self, tile: str = TILE_WILDCARD) -> list[str]:
+        """Registered fiducials and readouts of a tile, and its placement."""
+        arrays = [self.paths.fiducial_array(tile, r, REGISTERED_DATA) for r in self.experiment.rounds]
+        arrays += [self.paths.readout_array(tile, b, REGISTERED_DATA) for b in self.experiment.bits]
+        return [str(marker(a)) for a in arrays] + [self.global_registration_marker(tile)]
+
+    def export_tiff_pattern(self, kind: str) -> str:
+        suffix = ".ome.tif" if kind == "ome" else ".tif"
+        return str(self.paths.exports / f"{{tile}}_{{what}}{suffix}")
+
+    def export_spacetx_pattern(self) -> str:
+        return str(self.paths.exports / "spacetx_{tile}" / "experiment.json")
+
+    @property
+    def export_codebook_path(self) -> str:
+        return str(self.paths.exports / "starfish_codebook.json")
+
+    def export_targets(self) -> list[str]:
+        """What config ``exports`` asks for."""
+        settings = self.config["exports"]
+        unknown = sorted(set(settings["tiles"]) - set(self.experiment.tiles))
+        if unknown:
+            from .errors import InputError
+
+            raise InputError(f"config: exports.tiles names {unknown}, which the experiment does not have "
+                             f"(tiles: {self.experiment.tiles[0]}..{self.experiment.tiles[-1]})")
+        out = []
+        for tile in settings["tiles"]:
+            for kind in settings["tiff"]:
+                out.append(self.export_tiff_pattern(kind).format(tile=tile, what=settings["what"]))
+            if settings["spacetx"]:
+                out.append(self.export_spacetx_pattern().format(tile=tile))
+        if settings["starfish_codebook"]:
+            out.append(self.export_codebook_path)
+        return out
+
     def all_stage_markers(self) -> list[str]:
         """Every marker (or finished product file) of every stage, for the datastore summary job."""
         out = []
