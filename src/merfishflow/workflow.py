@@ -196,6 +196,13 @@ class Pipeline:
             out.append(self.export_codebook_path)
         return out
 
+    def final_products(self) -> list[str]:
+        """The last files of the pipeline: every other stage's output is upstream of them."""
+        out = list(self.assign_outputs().values())
+        if self.simulated:
+            out.append(self.evaluation_json)
+        return out
+
     def all_stage_markers(self) -> list[str]:
         """Every marker (or finished product file) of every stage, for the datastore summary job."""
         out = []
