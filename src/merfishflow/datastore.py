@@ -96,9 +96,11 @@ def read_marker(path, *, require_complete=True) -> dict:
             f"{marker}: missing; the job that writes {Path(path).name} has not finished (rerun the workflow)"
         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise IncompleteDataError(f"{marker}: not valid JSON ({err}); rerun the job that writes it") from None
+        raise IncompleteDataError(f"{marker}: not valid JSON ({err}); rerun the job that writes it: delete this "
+                                  "file and rerun the workflow") from None
     if require_complete and attrs.get("complete") is not True:
-        raise IncompleteDataError(f"{marker}: not marked complete; rerun the job that writes {Path(path).name}")
+        raise IncompleteDataError(f"{marker}: not marked complete; rerun the job that writes {Path(path).name}: "
+                                  "delete this file and rerun the workflow")
     return attrs
 
 
@@ -195,7 +197,48 @@ def write_array(path, data) -> None:
     handle.write(np.ascontiguousarray(data)).result()
 
 
-def _open_checked(path, expected: dict):
+# Arrays whose chunks may legitimately be all fill value (0), which tensorstore does not store:
+# the known-hot-pixel plane of camera_noise_map without a hot-pixel map, and a flow-field
+# component that is zero over a whole plane. A missing chunk of any other array is an error.
+FILL_VALUE_CHUNKS_ALLOWED = frozenset({"camera_noise_map", "of_xyz_3x_downsample"})
+
+
+def check_chunks(path, marker_path=None) -> None:
+    """Raise :class:`IncompleteDataError` naming the first chunk file of ``path`` that is missing.
+
+    tensorstore reads a missing chunk back as the fill value (zeros) without complaint, so a chunk
+    deleted after the job wrote it would silently become a plane of zeros. Every array the pipeline
+    writes is complete (its marker says so) and, except :data:`FILL_VALUE_CHUNKS_ALLOWED`, has no
+    all-zero chunk, so every chunk of its grid must exist. Costs one directory listing.
+    """
+    path = Path(path)
+    if path.name in FILL_VALUE_CHUNKS_ALLOWED:
+        return
+    try:
+        meta = json.loads((path / ".zarray").read_text())
+        shape, chunks = [int(n) for n in meta["shape"]], [int(n) for n in meta["chunks"]]
+        separator = meta.get("dimension_separator", ".")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise IncompleteDataError(f"{path / '.zarray'}: unreadable ({err}); the array was changed after it was "
+                                  "written") from None
+    grid = [-(-s // c) if c > 0 else 0 for s, c in zip(shape, chunks)]
+    n_expected = int(np.prod(grid)) if grid else 1
+    try:
+        names = {entry.name for entry in os.scandir(path)}
+    except OSError as err:
+        raise IncompleteDataError(f"{path}: cannot be listed ({err})") from None
+    missing = [key for key in (separator.join(str(i) for i in index) if index else "0" for index in np.ndindex(*grid))
+               if key not in names]
+    if missing:
+        owner = marker_path if marker_path is not None else path / MARKER
+        more = f" (and {len(missing) - 1} more of its {n_expected} chunks)" if len(missing) > 1 else ""
+        raise IncompleteDataError(
+            f"{path / missing[0]}: chunk file missing{more}; it was deleted after the job wrote the array "
+            f"(it would read back as zeros). Delete {owner} and rerun the workflow to rewrite it"
+        )
+
+
+def _open_checked(path, expected: dict, marker_path=None):
     import tensorstore as ts
 
     try:
@@ -207,6 +250,7 @@ def _open_checked(path, expected: dict):
             f"{path}: shape {list(handle.shape)} / dtype {handle.dtype.numpy_dtype} differ from the marker's "
             f"{expected['shape']} / {expected['dtype']}; the array was changed after it was written"
         )
+    check_chunks(path, marker_path)
     return handle
 
 
@@ -229,7 +273,7 @@ def open_array(group, name):
     arrays = attrs.get("arrays", {})
     if name not in arrays:
         raise InputError(f"{Path(group) / MARKER}: no array {name!r} recorded; it has {sorted(arrays)}")
-    return _open_checked(Path(group) / name, arrays[name])
+    return _open_checked(Path(group) / name, arrays[name], Path(group) / MARKER)
 
 
 def open_marked_array(path):

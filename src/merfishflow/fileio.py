@@ -38,6 +38,10 @@ def atomic(path, write):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A writer killed between writing and renaming leaves its temp file; the
+    # rerun (another pid) removes it so the folder ends as a clean run's.
+    for stale in path.parent.glob(f".tmp*-{path.name}"):
+        stale.unlink(missing_ok=True)
     temp = _temp_path(path)
     try:
         write(temp)
