@@ -9,6 +9,8 @@ rule segment:
         segmentation=config["segmentation"],
     log:
         PIPELINE.log("segment", "{tile}"),
+    group:
+        "tile_post"
     resources:
         mem_mb=segment_mem_mb,
     conda:
@@ -28,6 +30,8 @@ rule assign:
         min_shared_fraction=config["assignment"]["min_shared_fraction"],
     log:
         PIPELINE.log("assign", "assign"),
+    group:
+        "summary"
     conda:
         "../envs/merfishflow.yaml"
     script:

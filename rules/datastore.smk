@@ -11,6 +11,8 @@ rule datastore:
         simulated=PIPELINE.simulated,
     log:
         PIPELINE.log("datastore", "datastore"),
+    group:
+        "summary"
     conda:
         "../envs/merfishflow.yaml"
     script:

@@ -9,6 +9,8 @@ rule decode:
         decoding=config["decoding"],
     log:
         PIPELINE.log("decode", "{tile}"),
+    group:
+        "tile_post"
     resources:
         mem_mb=decode_mem_mb,
         runtime=decode_runtime,
@@ -29,6 +31,8 @@ rule filter_spots:
         filtering=config["filtering"],
     log:
         PIPELINE.log("filter", "filter"),
+    group:
+        "summary"
     conda:
         "../envs/merfishflow.yaml"
     script:
@@ -47,6 +51,8 @@ if PIPELINE.simulated:
             radius_um=config["evaluation"]["radius_um"],
         log:
             PIPELINE.log("evaluate", "evaluate"),
+        group:
+            "summary"
         conda:
             "../envs/merfishflow.yaml"
         script:

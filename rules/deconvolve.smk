@@ -16,6 +16,8 @@ for round_ in PIPELINE.experiment.rounds:
         log:
             PIPELINE.log("deconvolve", "{tile}_" + round_),
         threads: 2
+        group:
+            "tile"
         resources:
             mem_mb=decon_mem_mb,
             runtime=decon_runtime,

@@ -19,6 +19,8 @@ for round_ in PIPELINE.experiment.rounds:
         log:
             PIPELINE.log("ingest", "{tile}_" + round_),
         threads: 2
+        group:
+            "tile"
         resources:
             mem_mb=ingest_mem_mb,
             runtime=ingest_runtime,

@@ -6,6 +6,8 @@ rule init:
         PIPELINE.calibrations_marker,
     log:
         PIPELINE.log("init", "init"),
+    group:
+        "setup"
     conda:
         "../envs/merfishflow.yaml"
     script:

@@ -10,6 +10,8 @@ rule register_local:
     log:
         PIPELINE.log("register_local", "{tile}"),
     threads: 2
+    group:
+        "tile"
     resources:
         mem_mb=register_mem_mb,
         runtime=register_runtime,

@@ -9,6 +9,9 @@ if PIPELINE.simulated:
             simulation=config["simulation"]["params"],
         log:
             PIPELINE.log("simulate", "simulate"),
+        threads: 4
+        group:
+            "setup"
         conda:
             "../envs/merfishflow.yaml"
         script:
