@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .stitching import overlap_slices
+from .stitching import overlap_slices, union_find
 
 
 @dataclass(frozen=True)
@@ -38,23 +38,6 @@ class GlobalCells:
 
     instance_to_cell: dict
     table: pd.DataFrame
-
-
-def _union_find(n):
-    parent = list(range(n))
-
-    def find(a):
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    def union(a, b):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-
-    return find, union
 
 
 def shared_instances(labels_i, labels_j, origin_i_um, origin_j_um, voxel_size_zyx_um, min_shared_fraction=0.5):
@@ -109,7 +92,7 @@ def merge_cells(mask_sets, load_labels, min_shared_fraction=0.5, progress=None) 
     """
     instances = [(t, c.cell_id) for t, ms in enumerate(mask_sets) for c in ms.cells]
     index = {key: k for k, key in enumerate(instances)}
-    find, union = _union_find(len(instances))
+    find, union = union_find(len(instances))
     shared_voxels = {}
     for i in range(len(mask_sets)):
         labels_i = None

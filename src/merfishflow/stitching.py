@@ -195,7 +195,8 @@ def solve_positions(nominal_um, pairs, spacing_zyx_um) -> GlobalRegistration:
                               pairs=list(pairs), residual_rms_um=residual)
 
 
-def _check_connected(n, used):
+def union_find(n):
+    """Disjoint sets of ``0..n-1``: returns ``(find, union)``; a set's root is its smallest member."""
     parent = list(range(n))
 
     def find(a):
@@ -204,8 +205,18 @@ def _check_connected(n, used):
             a = parent[a]
         return a
 
+    def union(a, b):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    return find, union
+
+
+def _check_connected(n, used):
+    find, union = union_find(n)
     for p in used:
-        parent[find(p.i)] = find(p.j)
+        union(p.i, p.j)
     groups = {find(t) for t in range(n)}
     if len(groups) > 1:
         first = sorted(t for t in range(n) if find(t) != find(0))
