@@ -131,6 +131,8 @@ def file_digest(path, block_bytes=1 << 24) -> str:
 def _spec(path, shape=None, dtype=None):
     spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": str(Path(path).resolve())}}
     if shape is not None:
+        # Write all-zero chunks too: a missing chunk then always means damage (check_chunks).
+        spec["store_data_equal_to_fill_value"] = True
         shape = [int(n) for n in shape]
         chunks = [1] * (len(shape) - 2) + shape[-2:]
         spec["metadata"] = {
@@ -200,20 +202,17 @@ def write_array(path, data) -> None:
 # Arrays whose chunks may legitimately be all fill value (0), which tensorstore does not store:
 # the known-hot-pixel plane of camera_noise_map without a hot-pixel map, and a flow-field
 # component that is zero over a whole plane. A missing chunk of any other array is an error.
-FILL_VALUE_CHUNKS_ALLOWED = frozenset({"camera_noise_map", "of_xyz_3x_downsample"})
 
 
 def check_chunks(path, marker_path=None) -> None:
     """Raise :class:`IncompleteDataError` naming the first chunk file of ``path`` that is missing.
 
     tensorstore reads a missing chunk back as the fill value (zeros) without complaint, so a chunk
-    deleted after the job wrote it would silently become a plane of zeros. Every array the pipeline
-    writes is complete (its marker says so) and, except :data:`FILL_VALUE_CHUNKS_ALLOWED`, has no
-    all-zero chunk, so every chunk of its grid must exist. Costs one directory listing.
+    deleted after the job wrote it would silently become a plane of zeros. The pipeline writes every
+    chunk, all-zero ones included (``store_data_equal_to_fill_value``), so every chunk of a
+    complete array's grid must exist. Costs one directory listing.
     """
     path = Path(path)
-    if path.name in FILL_VALUE_CHUNKS_ALLOWED:
-        return
     try:
         meta = json.loads((path / ".zarray").read_text())
         shape, chunks = [int(n) for n in meta["shape"]], [int(n) for n in meta["chunks"]]
