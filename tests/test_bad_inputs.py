@@ -164,12 +164,10 @@ ROWS = {
                          ["{exp}/" + f"{BIT003}/registered_decon_data/2.0.0: chunk file missing",
                           "Delete {exp}/" + f"{BIT003}/registered_decon_data/.zattrs and rerun the workflow"],
                          targets=(EXPORT,), log="logs/export/tile0000_readouts_ome.log"),
-    # Known gap: tensorstore's error reaches the user as a traceback (export reads through a handle and
-    # only our own errors become one ERROR line in the log); it names the chunk file and the problem.
     "chunk-corrupted": Row("complete", write_bytes(f"{BIT003}/registered_decon_data/2.0.0", b"\x00garbage" * 8),
-                           [f"{BIT003}/registered_decon_data/2.0.0\": Invalid blosc-compressed data",
-                            "Error in rule export_ome"],
-                           targets=(EXPORT,)),
+                           ["{exp}/" + f"{BIT003}/registered_decon_data: unreadable",
+                            "Invalid blosc-compressed data", "delete its .zattrs and rerun the workflow"],
+                           targets=(EXPORT,), log="logs/export/tile0000_readouts_ome.log"),
     "marker-not-complete": Row("complete", drop_marker_key(f"{BIT003}/registered_decon_data", "complete"),
                                ["{exp}/" + f"{BIT003}/registered_decon_data/.zattrs: not marked complete; "
                                 "rerun the job that writes registered_decon_data: delete this file and rerun the workflow"],

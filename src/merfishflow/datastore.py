@@ -280,6 +280,16 @@ def open_marked_array(path):
     return _open_checked(Path(path), read_marker(path))
 
 
+def read_region(handle, index=(), what="array") -> np.ndarray:
+    """``handle[index]`` as numpy; a damaged chunk raises :class:`IncompleteDataError` naming ``what``
+    (tensorstore reports corrupt or truncated chunk files as a bare ValueError)."""
+    try:
+        return handle[index].read().result()
+    except ValueError as err:
+        raise IncompleteDataError(f"{what}: unreadable ({err}); delete its .zattrs and rerun the workflow to "
+                                  "rewrite it") from None
+
+
 def read_marked_array(path) -> np.ndarray:
     """The whole array at ``path`` (its own marker checked) as numpy."""
     handle = open_marked_array(path)

@@ -167,7 +167,7 @@ def export_tile_tiff(experiment_dir, tile, out_path, *, kind="imagej", what="rea
     nbytes = len(channels) * nz * ny * nx * 2
 
     def plane(c, z):
-        return handles[c][z].read().result()
+        return datastore.read_region(handles[c], z, channels[c].array)
 
     common = {"dtype": np.uint16, "photometric": "minisblack", "resolution": (1.0 / dx, 1.0 / dy),
               "resolutionunit": "NONE", "software": "merfishflow", "datetime": None}
@@ -319,7 +319,7 @@ def export_spacetx(experiment_dir, tile, out_dir) -> SpaceTxExport:
         for c in range(len(columns)):
             for z in range(nz):
                 name = f"{stem}-H{r}-C{c}-Z{z}.tiff"
-                plane = handles[r][c][z].read().result()
+                plane = datastore.read_region(handles[r][c], z, channels[r][c].array)
                 path = atomic(out_dir / name, lambda p, a=plane: tifffile.imwrite(
                     p, a, photometric="minisblack", software="merfishflow", datetime=None))
                 tiles.append(path)

@@ -87,7 +87,8 @@ def decode_tile_stage(experiment_dir, tile, params=DecodingParams(), progress=pr
                              f"{shape}; every bit of a tile must have the same shape")
 
     def read_bits(z0, z1):
-        return np.stack([h[z0:z1].read().result() for h in handles]).astype(np.float32)
+        return np.stack([datastore.read_region(h, np.s_[z0:z1], a)
+                         for h, a in zip(handles, arrays)]).astype(np.float32)
 
     placement_group = paths.global_registration(tile)
     placement = datastore.read_marker(placement_group)
