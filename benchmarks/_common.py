@@ -32,6 +32,26 @@ E_PER_ADU = 0.5
 DARK_FRAME = "camera_dark_frame.tif"
 
 
+# peak memory -----------------------------------------------------------------------------------
+# A minimal "meter" interpreter starts the measured child and reports getrusage(RUSAGE_CHILDREN).
+# ru_maxrss survives fork + exec on Linux, so forking the child straight from a (large)
+# benchmark process would report that process's RSS; the meter's own RSS (~10 MB) is below any child's.
+METER = ("import resource, subprocess, sys; "
+         "rc = subprocess.call(sys.argv[1:]); "
+         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss if rc == 0 else -1)")
+
+
+def child_peak_rss_kib(script, args) -> int:
+    """Peak RSS in KiB of ``python <script> <args>``, as its parent's ``RUSAGE_CHILDREN`` reports it."""
+    import subprocess
+
+    cmd = [sys.executable, "-S", "-c", METER, sys.executable, str(Path(script).resolve()), *args]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()
+    if not out or int(out[-1]) < 0:
+        raise RuntimeError(f"child {script} {args} failed")
+    return int(out[-1])
+
+
 # machine ---------------------------------------------------------------------------------------
 def machine_info() -> dict:
     """nproc, RAM, CPU model, Python and the versions of the packages that matter."""

@@ -127,18 +127,9 @@ def _tiled_geometry(dc, block_zyx, psf_shape):
 
 
 # 2. peak memory --------------------------------------------------------------------------------
-METER = ("import resource, subprocess, sys; "
-         "rc = subprocess.call(sys.argv[1:]); "
-         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss if rc == 0 else -1)")
-
-
 def child_peak_rss_kib(args) -> int:
-    """Peak RSS in KiB of ``python <this file> <args>``, as its parent's ``RUSAGE_CHILDREN`` reports it."""
-    cmd = [sys.executable, "-S", "-c", METER, sys.executable, str(Path(__file__).resolve()), *args]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()
-    if not out or int(out[-1]) < 0:
-        raise RuntimeError(f"child {args} failed")
-    return int(out[-1])
+    """Peak RSS in KiB of ``python <this file> <args>`` (see ``_common.child_peak_rss_kib``)."""
+    return _common.child_peak_rss_kib(__file__, args)
 
 
 def measure_memory(shape_zyx, tile, iterations, workers):

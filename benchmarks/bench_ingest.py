@@ -166,22 +166,10 @@ def ingest_breakdown(root: Path, slab_planes: int) -> dict:
     return out
 
 
-# peak memory -----------------------------------------------------------------------------------
-# A minimal "meter" interpreter starts the measured child and reports getrusage(RUSAGE_CHILDREN).
-# ru_maxrss survives fork + exec on Linux, so forking the child straight from this (large)
-# process would report this process's RSS; the meter's own RSS (~10 MB) is below any child's.
-METER = ("import resource, subprocess, sys; "
-         "rc = subprocess.call(sys.argv[1:]); "
-         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss if rc == 0 else -1)")
-
-
+# peak memory: _common.child_peak_rss_kib runs this script as a child of a minimal meter.
 def child_peak_rss_kib(args) -> int:
-    """Peak RSS in KiB of ``python <this file> <args>``, as its parent's ``RUSAGE_CHILDREN`` reports it."""
-    cmd = [sys.executable, "-S", "-c", METER, sys.executable, str(Path(__file__).resolve()), *args]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()
-    if not out or int(out[-1]) < 0:
-        raise RuntimeError(f"child {args} failed")
-    return int(out[-1])
+    """Peak RSS in KiB of ``python <this file> <args>`` (see ``_common.child_peak_rss_kib``)."""
+    return _common.child_peak_rss_kib(__file__, args)
 
 
 def measure_memory(tmp: Path, shape_zyx, slab_planes: int, repeats: int, seed: int) -> dict:
