@@ -70,7 +70,8 @@ DEFAULT_DOWNSAMPLE = (1, 3, 3)
 
 
 # validation ------------------------------------------------------------------------------------
-def _as_volume(image, name):
+def as_volume(image, name):
+    """``image`` as a non-empty 3D real numeric array; InputError naming ``name`` otherwise."""
     image = np.asarray(image)
     if image.ndim != 3:
         raise InputError(f"{name}: expected a 3D (z, y, x) image, got shape {image.shape}")
@@ -82,8 +83,8 @@ def _as_volume(image, name):
 
 
 def _check_pair(reference, moving, caller):
-    reference = _as_volume(reference, f"{caller}: reference")
-    moving = _as_volume(moving, f"{caller}: moving")
+    reference = as_volume(reference, f"{caller}: reference")
+    moving = as_volume(moving, f"{caller}: moving")
     if reference.shape != moving.shape:
         raise InputError(f"{caller}: reference and moving images must have the same shape, got "
                          f"{reference.shape} and {moving.shape}")
@@ -462,7 +463,7 @@ def apply_transform(image, shift_zyx_px, field=None, *, downsample=DEFAULT_DOWNS
     -------
     ndarray of float32, shape (Z, Y, X)
     """
-    image = _as_volume(image, "apply_transform: image")
+    image = as_volume(image, "apply_transform: image")
     shift = _check_shift(shift_zyx_px)
     if order not in (0, 1, 2, 3, 4, 5):
         raise InputError(f"apply_transform: order must be 0..5, got {order!r}")

@@ -55,6 +55,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import InputError
+from .registration import as_volume
 
 __all__ = ["METHODS", "SegmentationParams", "mean_iou", "segment_cells"]
 
@@ -135,13 +136,7 @@ class SegmentationParams:
 
 # validation ------------------------------------------------------------------------------------
 def _as_volume(image):
-    image = np.asarray(image)
-    if image.ndim != 3:
-        raise InputError(f"fiducial: expected a 3D (z, y, x) image, got shape {image.shape}")
-    if image.dtype.kind not in "uif":
-        raise InputError(f"fiducial: expected a real numeric image, got dtype {image.dtype}")
-    if min(image.shape) < 1:
-        raise InputError(f"fiducial: empty image of shape {image.shape}")
+    image = as_volume(image, "fiducial")
     if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
         raise InputError("fiducial: image contains NaN or infinite values")
     return image
