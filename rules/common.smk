@@ -6,7 +6,8 @@ from merfishflow.provenance import record_run
 from merfishflow.workflow import WILDCARD_CONSTRAINTS, Pipeline
 
 config = validate_config(config, source="config", schema_path=Path(workflow.basedir) / "config" / "schema.yaml")
-PIPELINE = Pipeline.from_config(config)
+# Raw files are checked once, by the main Snakemake process, not by every job.
+PIPELINE = Pipeline.from_config(config, check_files=workflow.is_main_process)
 # Every marker and product of every stage (~80 000 paths for 1000 tiles).
 ALL_STAGE_MARKERS = PIPELINE.all_stage_markers()
 

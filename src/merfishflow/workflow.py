@@ -42,8 +42,14 @@ class Pipeline:
     simulated: bool
 
     @classmethod
-    def from_config(cls, config: dict) -> "Pipeline":
-        """Build from a config already validated by :func:`merfishflow.config.validate_config`."""
+    def from_config(cls, config: dict, *, check_files: bool = True) -> "Pipeline":
+        """Build from a config already validated by :func:`merfishflow.config.validate_config`.
+
+        ``check_files=False`` skips the existence check of every tile's TIFF:
+        the Snakefile is parsed again inside every cluster job, where one job
+        would otherwise stat every raw file of the experiment (its own TIFF
+        is checked by the job that reads it).
+        """
         paths = ExperimentPaths(config["experiment_dir"])
         simulated = bool(config["simulation"]["enabled"])
         if simulated:
@@ -51,7 +57,7 @@ class Pipeline:
 
             experiment = planned_experiment(SimulationParams.from_dict(config["simulation"]["params"]))
         else:
-            experiment = load_experiment(paths.root)
+            experiment = load_experiment(paths.root, check_tiffs=check_files)
         return cls(config=config, paths=paths, experiment=experiment, simulated=simulated)
 
     # raw data ----------------------------------------------------------------------------------
