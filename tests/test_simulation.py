@@ -16,6 +16,7 @@ import yaml
 
 from merfishflow.errors import InputError
 from merfishflow.simulation import SimulationParams, evaluate_deformation, make_codebook, simulate_experiment
+from merfishflow.simulation.experiment import TRUTH_MARGIN_UM
 
 SMALL = dict(
     seed=7,
@@ -179,7 +180,12 @@ def test_spots_ground_truth(small_experiment):
 
     shape = np.array(SMALL["image_shape_zyx"])
     px = spots[["z_px", "y_px", "x_px"]].to_numpy()
-    assert (px >= -0.5).all() and (px < shape - 0.5).all()
+    in_frame = np.all((px >= -0.5) & (px < shape - 0.5), axis=1)
+    # Molecules up to TRUTH_MARGIN_UM outside a frame are listed too, flagged in_stack = False.
+    assert spots.in_stack.dtype == bool and (spots.in_stack.to_numpy() == in_frame).all()
+    assert (~spots.in_stack).any() and spots.in_stack.any()
+    reach = TRUTH_MARGIN_UM / np.array(SimulationParams.from_dict(SMALL).voxel_size_zyx_um)
+    assert (px >= -0.5 - reach).all() and (px < shape - 0.5 + reach).all()
 
     voxel = np.array(transforms["voxel_size_zyx_um"])
     true = np.array([t["true_stage_zyx_um"] for t in transforms["tiles"]])
@@ -210,7 +216,7 @@ def test_spots_ground_truth(small_experiment):
     for tile in range(2):
         labels = tifffile.imread(gt / f"cells_tile{tile:04d}.tif")
         assert labels.shape == tuple(shape) and labels.dtype == np.uint32
-        sub = spots[spots.tile == tile]
+        sub = spots[(spots.tile == tile) & spots.in_stack]
         idx = np.clip(np.rint(sub[["z_px", "y_px", "x_px"]].to_numpy()).astype(int), 0, shape - 1)
         agree.append(labels[tuple(idx.T)] == sub.cell_id.to_numpy())
     assert np.concatenate(agree).mean() > 0.9
@@ -253,7 +259,7 @@ def test_spot_intensities_follow_codebook_and_transform_convention(small_experim
     dark = tifffile.imread(raw / "camera_dark_frame.tif")
     e_per_adu = SimulationParams.from_dict(SMALL).e_per_adu
     shape = np.array(SMALL["image_shape_zyx"])
-    bright = spots[(spots.tile == 0) & (spots.photons > np.median(spots.photons))]
+    bright = spots[(spots.tile == 0) & spots.in_stack & (spots.photons > np.median(spots.photons))]
     p = bright[["z_px", "y_px", "x_px"]].to_numpy()
     world = bright[["global_z_um", "global_y_um", "global_x_um"]].to_numpy()
     on_vals, off_vals, wrong_sign = [], [], []

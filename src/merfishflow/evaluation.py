@@ -11,6 +11,25 @@ in the world.
 A molecule in a tile overlap is one molecule: matched in either tile it is
 one true positive; a second decoded spot matched to it (a duplicate the
 overlap cleanup missed) is a false positive.
+
+Molecules just outside the imaged stack ("don't care")
+------------------------------------------------------
+The simulated section is thicker than the stack (and molecules lie beyond
+every tile's y/x border), so a real molecule 0.1 voxel outside the stack
+looks the same as one 0.1 voxel inside it, and a decoder may report it at
+the stack's edge. The truth therefore also lists, with ``in_stack`` False,
+the molecules within ``TRUTH_MARGIN_UM`` (1 µm) outside a tile's frame
+(``-0.5 <= p < shape - 0.5`` voxels is the frame). As with the ignore regions
+of detection benchmarks (COCO ``iscrowd``, KITTI ``DontCare``), a decoded
+spot matched to a molecule that is in no tile's stack is neither a true nor
+a false positive, and such molecules are not counted as missed: recall is
+over the molecules in at least one stack. Everything else is unchanged: a
+spot with no molecule of its gene within ``radius_um`` is still a false
+positive, and the match radius is the same. ``score_spots`` also reports
+the **strict** numbers (``overall_strict``), in which matches to molecules
+outside every stack count as false positives, as before ``in_stack``
+existed. A truth table without ``in_stack`` is taken as all in the stack
+(then both definitions agree).
 """
 
 from __future__ import annotations
@@ -92,21 +111,52 @@ def score_spots(decoded: pd.DataFrame, truth: pd.DataFrame, voxel_size_zyx_um, r
 
     Blank barcodes are never true (the simulator emits none): every decoded
     blank is a false positive.
+
+    Parameters
+    ----------
+    decoded : DataFrame
+        As for :func:`match_spots`.
+    truth : DataFrame
+        As for :func:`match_spots`, optionally with the boolean ``in_stack``
+        (False: the molecule lies just outside that tile's stack).
+    voxel_size_zyx_um : sequence of 3 float
+    radius_um : float
+
+    Returns
+    -------
+    dict
+        ``overall`` and ``per_gene``: true/false positives, false negatives,
+        precision, recall, F1, with matches to molecules outside every stack
+        ignored (the module docstring); ``overall`` also has ``n_decoded``,
+        ``n_molecules`` (in a stack), ``n_ignored`` (decoded spots matched to
+        a molecule outside every stack) and ``radius_um``. ``overall_strict``:
+        the same with those matches counted as false positives.
     """
     matched = match_spots(decoded, truth, voxel_size_zyx_um, radius_um)
     first = pd.Series(matched).duplicated(keep="first").to_numpy()
-    is_tp = (matched >= 0) & ~first
+    if "in_stack" in truth.columns:
+        imaged_ids = truth.loc[truth["in_stack"].to_numpy(bool), "spot_id"].unique()
+    else:
+        imaged_ids = truth["spot_id"].unique()
+    imaged = np.isin(matched, imaged_ids)
+    is_tp = (matched >= 0) & ~first & imaged
+    # A first match to a molecule outside every stack: a correct detection of a molecule nobody asked for.
+    ignored = (matched >= 0) & ~first & ~imaged
     molecules = truth.drop_duplicates("spot_id")
+    molecules = molecules[molecules["spot_id"].isin(imaged_ids)]
     genes = sorted(set(molecules["gene_id"]) | set(decoded["gene_id"]))
     per_gene = {}
     decoded_genes = decoded["gene_id"].to_numpy()
+    n_true = molecules["gene_id"].value_counts()
     for gene in genes:
         rows = decoded_genes == gene
         tp = int(is_tp[rows].sum())
-        fp = int(rows.sum()) - tp
-        fn = int((molecules["gene_id"] == gene).sum()) - tp
+        fp = int(rows.sum()) - tp - int(ignored[rows].sum())
+        fn = int(n_true.get(gene, 0)) - tp
         per_gene[gene] = _prf(tp, fp, fn)
-    tp = int(is_tp.sum())
-    overall = _prf(tp, len(decoded) - tp, len(molecules) - tp)
-    overall.update({"n_decoded": int(len(decoded)), "n_molecules": int(len(molecules)), "radius_um": float(radius_um)})
-    return {"overall": overall, "per_gene": per_gene}
+    tp, n_ignored = int(is_tp.sum()), int(ignored.sum())
+    overall = _prf(tp, len(decoded) - tp - n_ignored, len(molecules) - tp)
+    overall.update({"n_decoded": int(len(decoded)), "n_molecules": int(len(molecules)), "n_ignored": n_ignored,
+                    "radius_um": float(radius_um)})
+    strict = _prf(tp, len(decoded) - tp, len(molecules) - tp)
+    return {"overall": overall, "overall_strict": strict, "per_gene": per_gene}

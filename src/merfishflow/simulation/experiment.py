@@ -30,6 +30,10 @@ _STREAM_CELL_SHAPE = 1
 _STREAM_TEXTURE = 10
 # Minimum distance between molecules, in voxels (z, y, x): keeps spots separable.
 _EXCLUSION_PX = (2.0, 2.0, 2.0)
+# spots.parquet also lists, with in_stack = False, the molecules this close (µm, per axis) outside a
+# tile's frame: a decoder may rightly report one at the frame's edge, and scoring must recognise it as a
+# real molecule (merfishflow.evaluation ignores such matches). Valid for match radii up to this value.
+TRUTH_MARGIN_UM = 1.0
 
 PHASE_CORRELATION_NOTE = (
     "skimage.registration.phase_cross_correlation(reference=round 0, moving=round r) returns the "
@@ -188,7 +192,9 @@ def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite
                                                 labels[tile_crop].astype(np.uint32)))
             p0 = (spots.world_um - origin) / voxel
             in_frame = np.all((p0 >= -0.5) & (p0 < shape - 0.5), axis=1)
-            spot_rows.append((t, np.flatnonzero(in_frame), p0[in_frame]))
+            reach = TRUTH_MARGIN_UM / voxel
+            listed = np.flatnonzero(np.all((p0 >= -0.5 - reach) & (p0 < shape - 0.5 + reach), axis=1))
+            spot_rows.append((t, listed, p0[listed], in_frame[listed]))
             near = np.flatnonzero(np.all((p0 >= -margin) & (p0 <= shape - 1 + margin), axis=1))
             scene = TileScene(
                 origin_um=origin,
@@ -306,14 +312,16 @@ def _experiment_yaml(p, channels):
 
 def _spots_table(spots, names, layout, voxel, spot_rows):
     n_bits = spots.bit_photons.shape[1]
-    cols = {k: [] for k in ("spot_id", "tile", "px")}
-    for t, index, px in spot_rows:
+    cols = {k: [] for k in ("spot_id", "tile", "px", "in_stack")}
+    for t, index, px, in_stack in spot_rows:
         cols["spot_id"].append(index.astype(np.int64))
         cols["tile"].append(np.full(len(index), t, dtype=np.int32))
         cols["px"].append(px.reshape(-1, 3))
+        cols["in_stack"].append(np.asarray(in_stack, dtype=bool))
     spot_id = np.concatenate(cols["spot_id"]) if cols["spot_id"] else np.zeros(0, np.int64)
     tile = np.concatenate(cols["tile"]) if cols["tile"] else np.zeros(0, np.int32)
     px = np.concatenate(cols["px"]) if cols["px"] else np.zeros((0, 3))
+    in_stack = np.concatenate(cols["in_stack"]) if cols["in_stack"] else np.zeros(0, bool)
     # Global = true stage position of the tile + px * voxel (agrees across tiles up to rounding).
     global_um = layout.true_um[tile] + px * voxel
     masks = spots.dropped_mask[spot_id]
@@ -335,6 +343,7 @@ def _spots_table(spots, names, layout, voxel, spot_rows):
         "dropped_bits": pa.array(dropped, pa.string()),
         "dropped_bits_mask": pa.array(masks, pa.int64()),
         "bit_photons": pa.FixedSizeListArray.from_arrays(pa.array(bit_photons.reshape(-1), pa.float64()), n_bits),
+        "in_stack": pa.array(in_stack, pa.bool_()),
     })
 
 

@@ -159,10 +159,11 @@ def evaluate_experiment(experiment_dir, radius_um=0.5, progress=print) -> dict:
         raise InputError(f"{truth_path}: not found; evaluation needs a simulated experiment's ground truth")
     truth = pq.read_table(truth_path).to_pandas()
     scores = score_spots(spots, truth, calibration["voxel_size_zyx_um"], radius_um)
-    overall = scores["overall"]
+    overall, strict = scores["overall"], scores["overall_strict"]
     progress(f"evaluation: F1 {overall['f1']:.4f}, precision {overall['precision']:.4f}, recall "
              f"{overall['recall']:.4f} ({overall['n_decoded']} spots, {overall['n_molecules']} molecules, "
-             f"match radius {radius_um} um)")
+             f"{overall['n_ignored']} spots on molecules just outside the stacks ignored; strict F1 "
+             f"{strict['f1']:.4f}, precision {strict['precision']:.4f}; match radius {radius_um} um)")
     write_text(paths.evaluation_json, canonical_json(scores))
     return scores
 
