@@ -7,6 +7,7 @@ rule decode:
         PIPELINE.decoded_tile(),
     params:
         decoding=config["decoding"],
+    threads: 2
     log:
         PIPELINE.log("decode", "{tile}"),
     group:

@@ -6,8 +6,9 @@ from merfishflow.stages.decode import decode_tile_stage
 
 
 def main(smk, progress):
-    decode_tile_stage(experiment_of(smk.output[0]), smk.wildcards.tile, DecodingParams(**smk.params.decoding),
-                      progress=progress)
+    # The filters use the rule's threads unless the config says otherwise (the result does not depend on it).
+    params = DecodingParams(**{"n_threads": smk.threads, **smk.params.decoding})
+    decode_tile_stage(experiment_of(smk.output[0]), smk.wildcards.tile, params, progress=progress)
 
 
 run_job(snakemake, main)  # noqa: F821 (injected by Snakemake)

@@ -106,9 +106,15 @@ def test_normalization_converges_and_follows_bit_brightness(registered_tile, dec
 
 
 def test_slabs_equal_the_whole_volume_on_the_simulated_tile(registered_tile):
-    whole = _decode(registered_tile, DecodingParams(slab_planes=64))
-    slabs = _decode(registered_tile, DecodingParams(slab_planes=4))
+    # A refinement crop one voxel short of the tile forces the slab path (a tile that fits is read whole).
+    crop = int(np.prod(registered_tile["stack"].shape[1:])) - 1
+    whole = _decode(registered_tile, DecodingParams(slab_planes=64, refine_max_voxels=crop))
+    slabs = _decode(registered_tile, DecodingParams(slab_planes=4, refine_max_voxels=crop))
     _assert_same_spots(whole, slabs)
+    # ... and threads do not change a bit of the result.
+    one = _decode(registered_tile, DecodingParams(n_threads=1))
+    two = _decode(registered_tile, DecodingParams(n_threads=2))
+    assert one.spots.to_numpy().tobytes() == two.spots.to_numpy().tobytes()
 
 
 def _assert_same_spots(a, b):
@@ -150,6 +156,11 @@ def test_slabs_equal_the_whole_volume_with_a_spot_on_the_boundary():
     whole = decode_tile(_reader(stack), stack.shape[1:], CODEWORDS, voxel, DecodingParams(slab_planes=12, **params))
     slabs = decode_tile(_reader(stack), stack.shape[1:], CODEWORDS, voxel, DecodingParams(slab_planes=3, **params))
     _assert_same_spots(whole, slabs)
+    # The slab path (the tile does not fit the refinement crop) with the same normalization.
+    crop = dict(params, refine_max_voxels=int(np.prod(stack.shape[1:])) - 1)
+    whole = decode_tile(_reader(stack), stack.shape[1:], CODEWORDS, voxel, DecodingParams(slab_planes=12, **crop))
+    slabs = decode_tile(_reader(stack), stack.shape[1:], CODEWORDS, voxel, DecodingParams(slab_planes=3, **crop))
+    _assert_same_spots(whole, slabs)
     spots = whole.spots
     assert sorted(spots["barcode_id"]) == codes
     straddler = spots[spots["barcode_id"] == 1].iloc[0]
@@ -189,3 +200,22 @@ def test_decoding_is_deterministic(registered_tile, decoded):
     assert decoded.spots.to_numpy().tobytes() == again.spots.to_numpy().tobytes()
     assert decoded.scale.tobytes() == again.scale.tobytes()
     assert DecodingParams(**DecodingParams().to_dict()) == DecodingParams()
+
+
+@pytest.mark.parametrize("shape", [(3, 128, 128), (2, 130, 127)])
+def test_block_background_follows_the_exact_gaussian(shape):
+    from scipy import ndimage as ndi
+
+    from merfishflow.decoding import _background
+
+    rng = np.random.default_rng(0)
+    image = (400 * ndi.gaussian_filter(rng.standard_normal(shape), (0, 10, 10))
+             + 5 * rng.standard_normal(shape)).astype(np.float32)
+    exact = ndi.gaussian_filter(image, (0, 5.6, 5.6), truncate=3.0)
+    fast = _background(image, 5.6, 4, 3.0)
+    assert fast.shape == image.shape and fast.dtype == np.float32
+    error = np.abs(fast - exact)
+    # Interior within 5 % of the background's spread; the border (interpolation clamped) within 25 %.
+    assert error[:, 12:-12, 12:-12].max() < 0.05 * exact.std()
+    assert error.max() < 0.25 * exact.std()
+    np.testing.assert_array_equal(_background(image, 5.6, 1, 3.0), exact)
