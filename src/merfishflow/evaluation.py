@@ -144,7 +144,7 @@ def score_spots(decoded: pd.DataFrame, truth: pd.DataFrame, voxel_size_zyx_um, r
     ignored = (matched >= 0) & ~first & ~imaged
     molecules = truth.drop_duplicates("spot_id")
     molecules = molecules[molecules["spot_id"].isin(imaged_ids)]
-    genes = sorted(set(molecules["gene_id"]) | set(decoded["gene_id"]))
+    genes = sorted(set(truth["gene_id"]) | set(decoded["gene_id"]))
     per_gene = {}
     decoded_genes = decoded["gene_id"].to_numpy()
     n_true = molecules["gene_id"].value_counts()
