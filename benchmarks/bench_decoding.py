@@ -11,8 +11,13 @@ codeword of the 140-word 16-bit weight-4 distance-4 code.
    and the **sgemm bound** measured in the same run: the float32 matrix
    product ``(pixels x 16) @ (16 x 140)`` for the same pixel count, done in
    chunks of ``DecodingParams.chunk_pixels`` rows (numpy matmul, whatever BLAS
-   numpy uses). Breakdown: the DoG filters alone (``enhance_bits`` over the
-   tile, slab by slab) and the rest.
+   numpy uses, with its default threads), interleaved with the decodes so that
+   load from other processes hits both. Also both single-threaded
+   (``DecodingParams(n_threads=1)`` against sgemm under
+   ``threadpool_limits(1)``), which load on a shared machine distorts far less
+   than OpenBLAS's multi-threaded sgemm. Breakdown: the DoG filters alone
+   (``enhance_bits`` over the tile, whole or slab by slab as ``decode_tile``
+   reads it) and the rest.
 2. **Peak memory** of decoding a Z x 2048 x 2048 tile of 16 bits
    (``--memory-z``, default 8 and 24 planes): peak RSS of a subprocess that
    decodes it, ``read_bits`` generating the planes on the fly, minus the
