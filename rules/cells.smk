@@ -7,6 +7,9 @@ rule segment:
         PIPELINE.cell_masks(),
     params:
         segmentation=config["segmentation"],
+        # The neighbours' fiducials are read for context; register_global,
+        # an input above, already depends on all of them.
+        tiles=PIPELINE.experiment.tiles,
     log:
         PIPELINE.log("segment", "{tile}"),
     group:

@@ -2,12 +2,14 @@
 from merfishflow.jobs import run_job
 from merfishflow.paths import experiment_of
 from merfishflow.segmentation import SegmentationParams
-from merfishflow.stages.cells import segment_tile_stage
+from merfishflow.stages.cells import DEFAULT_CONTEXT_UM, segment_tile_stage
 
 
 def main(smk, progress):
-    segment_tile_stage(experiment_of(smk.output[0]), smk.wildcards.tile,
-                       SegmentationParams.from_dict(smk.params.segmentation), progress=progress)
+    options = dict(smk.params.segmentation)
+    context_um = options.pop("context_um", DEFAULT_CONTEXT_UM)
+    segment_tile_stage(experiment_of(smk.output[0]), smk.wildcards.tile, SegmentationParams.from_dict(options),
+                       tiles=smk.params.tiles, context_um=context_um, progress=progress)
 
 
 run_job(snakemake, main)  # noqa: F821 (injected by Snakemake)

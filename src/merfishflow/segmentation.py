@@ -30,7 +30,10 @@ The default method (``"watershed"``) needs no GPU and no model download:
    foreground object gets at least its deepest voxel.
 6. **Seeded watershed** (``skimage.segmentation.watershed``) of the negated
    distance within the foreground: touching cells split at the neck between them.
-7. **Clean up**: cells smaller than ``min_cell_volume_um3`` are removed, and
+7. **Merge fragments**: a region smaller than ``merge_volume_um3`` that
+   touches another joins the one it shares the most faces with
+   (:func:`merge_small_regions`).
+8. **Clean up**: cells smaller than ``min_cell_volume_um3`` are removed, and
    the rest are numbered 1..N in the raster (z, y, x) order of their seeds.
 
 The result is deterministic (no randomness; ties broken by raster order).
@@ -57,7 +60,8 @@ from scipy import ndimage as ndi
 from .errors import InputError
 from .registration import as_volume
 
-__all__ = ["METHODS", "SegmentationParams", "mean_iou", "segment_cells"]
+__all__ = ["METHODS", "SegmentationParams", "assignment_accuracy", "mean_iou", "merge_small_regions",
+           "mosaic_mean_iou", "mosaic_overlaps", "segment_cells"]
 
 METHODS = ("watershed", "cellpose")
 # Otsu's threshold and the class medians are computed on a strided sample of at most this many voxels.
@@ -87,6 +91,12 @@ class SegmentationParams:
         Radius of the ellipsoidal neighbourhood in which a seed is a maximum of the distance, µm.
     min_cell_volume_um3 : float
         Smaller objects (and watershed fragments) are removed.
+    merge_volume_um3 : float
+        A watershed region smaller than this that touches another cell is
+        merged into the neighbour it shares the most surface with (0 = never):
+        the distance transform of a cell cut by the stack or a flattened
+        cell has several maxima, and each would otherwise be a cell. About a
+        third of the simulator's typical cell volume.
     cellpose_model : str
         Cellpose model name (``method="cellpose"`` only).
     cell_diameter_um : float
@@ -101,6 +111,7 @@ class SegmentationParams:
     min_seed_depth_um: float = 0.8
     seed_footprint_radius_um: float = 1.0
     min_cell_volume_um3: float = 5.0
+    merge_volume_um3: float = 60.0
     cellpose_model: str = "cyto3"
     cell_diameter_um: float = 7.0
 
@@ -115,6 +126,7 @@ class SegmentationParams:
             "min_seed_depth_um": self.min_seed_depth_um >= 0,
             "seed_footprint_radius_um": self.seed_footprint_radius_um > 0,
             "min_cell_volume_um3": self.min_cell_volume_um3 >= 0,
+            "merge_volume_um3": self.merge_volume_um3 >= 0,
             "cell_diameter_um": self.cell_diameter_um > 0,
         }
         for name, ok in checks.items():
@@ -220,6 +232,58 @@ def _seeds(distance, foreground, voxel, params):
     return coords[np.lexsort(coords.T[::-1])]
 
 
+def merge_small_regions(labels, min_voxels, max_rounds=10):
+    """Merge every region smaller than ``min_voxels`` into the touching region it shares most faces with.
+
+    Regions touching no other region are left alone. A cell cut by the
+    image's edge can be small only because it is cut, and then it is merged
+    into its neighbour: the segment stage therefore segments each tile with
+    a band of its neighbours around it (``segmentation.context_um``), which
+    leaves such cuts only at the experiment's outer edge. Smallest regions go
+    first; ties go to the smaller neighbour id,
+    so the result is deterministic. Repeated (at most ``max_rounds`` times)
+    until no small region touches another.
+
+    Parameters
+    ----------
+    labels : ndarray of int, 3D
+        0 = background.
+    min_voxels : float
+
+    Returns
+    -------
+    ndarray, same shape and dtype (labels are not renumbered)
+    """
+    labels = np.asarray(labels)
+    for _ in range(max_rounds):
+        sizes = np.bincount(labels.reshape(-1))
+        small = (sizes < min_voxels) & (sizes > 0)
+        small[0] = False
+        if not small.any():
+            break
+        contacts = []
+        for axis in range(labels.ndim):
+            a = np.moveaxis(labels, axis, 0)
+            lower, upper = a[:-1], a[1:]
+            touching = (lower != upper) & (lower > 0) & (upper > 0)
+            u, w = lower[touching], upper[touching]
+            contacts += [np.stack([u, w]), np.stack([w, u])]
+        pairs = np.concatenate(contacts, axis=1) if contacts else np.zeros((2, 0), labels.dtype)
+        pairs = pairs[:, small[pairs[0]]]
+        if pairs.shape[1] == 0:
+            break
+        keys, faces = np.unique(pairs, axis=1, return_counts=True)
+        target = {}
+        for (region, neighbour), n in zip(keys.T.tolist(), faces.tolist()):
+            if region not in target or n > target[region][0]:     # sorted keys: ties keep the smaller id
+                target[region] = (n, neighbour)
+        lut = np.arange(len(sizes), dtype=labels.dtype)
+        for region in sorted(target, key=lambda r: (sizes[r], r)):
+            lut[region] = lut[target[region][1]]
+        labels = lut[labels]
+    return labels
+
+
 def _segment_watershed(image, voxel, params, progress):
     from skimage.segmentation import relabel_sequential, watershed
 
@@ -240,6 +304,8 @@ def _segment_watershed(image, voxel, params, progress):
     np.negative(distance, out=distance)
     labels = watershed(distance, markers, mask=fg)
     del distance, markers, fg
+    if params.merge_volume_um3 > 0:
+        labels = merge_small_regions(labels, params.merge_volume_um3 / float(np.prod(voxel)))
     # Remove small cells, renumber 1..N keeping the seeds' raster order.
     min_voxels = params.min_cell_volume_um3 / float(np.prod(voxel))
     sizes = np.bincount(labels.reshape(-1), minlength=len(coords) + 1)
@@ -341,10 +407,7 @@ def mean_iou(predicted, truth, *, min_voxels=1):
     both = (truth > 0) & (predicted > 0)
     pairs, counts = np.unique(np.stack([truth[both].astype(np.int64), predicted[both].astype(np.int64)]),
                               axis=1, return_counts=True) if both.any() else (np.zeros((2, 0), int), np.zeros(0, int))
-    best = {}
-    for (t, p), c in zip(pairs.T.tolist(), counts.tolist()):
-        if t not in best or c > best[t][0]:             # pairs are sorted, so ties keep the smaller p
-            best[t] = (c, p)
+    best = _best_matches(dict(zip(map(tuple, pairs.T.tolist()), counts.tolist())))
     values = []
     for t, size in zip(t_ids.tolist(), t_sizes.tolist()):
         if size < min_voxels:
@@ -355,3 +418,128 @@ def mean_iou(predicted, truth, *, min_voxels=1):
         else:
             values.append(0.0)
     return float(np.mean(values)) if values else float("nan")
+
+
+def _best_matches(pair_counts):
+    """True id -> (shared voxels, predicted id) of its most-overlapping predicted cell (ties: smaller id)."""
+    best = {}
+    for (t, p), c in sorted(pair_counts.items()):
+        if t not in best or c > best[t][0]:
+            best[t] = (c, p)
+    return best
+
+
+def mosaic_overlaps(predicted_tiles, truth_tiles, origins_um, voxel_size_zyx_um):
+    """Voxel counts of every (true, predicted) cell pair over a mosaic, each voxel counted once.
+
+    Tiles overlap, so every voxel of the mosaic is counted in one tile only:
+    the tile whose centre (in y and x) is nearest to it.
+
+    Parameters
+    ----------
+    predicted_tiles, truth_tiles : list of ndarray of int, shape (z, y, x)
+        Per tile, labels in *global* ids (0 = background): predicted cells
+        already merged across tiles, true cells by their global id.
+    origins_um : array-like, shape (n_tiles, 3)
+        Global position of each tile's voxel (0, 0, 0), µm.
+    voxel_size_zyx_um : 3 floats
+
+    Returns
+    -------
+    pair_counts : dict
+        ``{(true id, predicted id): shared voxels}`` (both > 0).
+    truth_sizes, predicted_sizes : dict
+        ``{id: voxels}``.
+    """
+    origins = np.asarray(origins_um, dtype=np.float64).reshape(-1, 3)
+    voxel = _voxel_size(voxel_size_zyx_um)
+    if not (len(predicted_tiles) == len(truth_tiles) == len(origins)):
+        raise InputError("mosaic scoring: need one predicted and one true label volume per tile origin")
+    centres = np.array([o[1:] + (np.asarray(t.shape[1:]) - 1) / 2.0 * voxel[1:]
+                        for o, t in zip(origins, truth_tiles)])
+    pair_counts, truth_sizes, predicted_sizes = {}, {}, {}
+
+    def add(counter, keys, counts):
+        for k, c in zip(keys, counts):
+            counter[k] = counter.get(k, 0) + int(c)
+
+    for k, (pred, truth) in enumerate(zip(predicted_tiles, truth_tiles)):
+        if pred.shape != truth.shape:
+            raise InputError(f"mosaic scoring: tile {k}: predicted and truth shapes differ: "
+                             f"{pred.shape} vs {truth.shape}")
+        ny, nx = truth.shape[1:]
+        yy = origins[k, 1] + np.arange(ny)[:, None] * voxel[1]
+        xx = origins[k, 2] + np.arange(nx)[None, :] * voxel[2]
+        d2 = (yy[None] - centres[:, 0, None, None]) ** 2 + (xx[None] - centres[:, 1, None, None]) ** 2
+        owned = np.broadcast_to(np.argmin(d2, axis=0) == k, truth.shape)
+        t_vals, p_vals = truth[owned].astype(np.int64), pred[owned].astype(np.int64)
+        add(truth_sizes, *np.unique(t_vals[t_vals > 0], return_counts=True))
+        add(predicted_sizes, *np.unique(p_vals[p_vals > 0], return_counts=True))
+        both = (t_vals > 0) & (p_vals > 0)
+        if both.any():
+            pairs, counts = np.unique(np.stack([t_vals[both], p_vals[both]]), axis=1, return_counts=True)
+            add(pair_counts, map(tuple, pairs.T.tolist()), counts)
+    return pair_counts, truth_sizes, predicted_sizes
+
+
+def mosaic_mean_iou(predicted_tiles, truth_tiles, origins_um, voxel_size_zyx_um):
+    """:func:`mean_iou` over a whole mosaic: each cell judged once, across tile overlaps.
+
+    Voxels are pooled over the tiles as in :func:`mosaic_overlaps`; the score
+    is then defined as in :func:`mean_iou` with global ids: a cell that spans
+    tiles is one cell, and only cells cut by the outer edge of the mosaic are
+    judged on a visible part. Parameters as in :func:`mosaic_overlaps`.
+
+    Returns
+    -------
+    float
+        NaN when no true cell is visible.
+    """
+    pair_counts, truth_sizes, predicted_sizes = mosaic_overlaps(predicted_tiles, truth_tiles, origins_um,
+                                                                voxel_size_zyx_um)
+    best = _best_matches(pair_counts)
+    values = []
+    for t, size in sorted(truth_sizes.items()):
+        if t in best:
+            c, p = best[t]
+            values.append(c / (size + predicted_sizes[p] - c))
+        else:
+            values.append(0.0)
+    return float(np.mean(values)) if values else float("nan")
+
+
+def assignment_accuracy(true_cell, assigned_cell, pair_counts):
+    """Fraction of spots given the right cell, and how the others went wrong.
+
+    The right cell for a spot of true cell ``t`` is the predicted cell that
+    shares the most voxels with ``t`` (the match :func:`mosaic_mean_iou`
+    scores); for a spot outside every true cell it is 0. A piece of an
+    over-split cell is therefore a wrong cell.
+
+    Parameters
+    ----------
+    true_cell, assigned_cell : array-like of int
+        Per spot: its true cell (0 = none) and the cell the pipeline gave it.
+    pair_counts : dict
+        From :func:`mosaic_overlaps`.
+
+    Returns
+    -------
+    dict
+        ``accuracy`` and the counts ``right_cell``, ``right_outside``,
+        ``wrong_cell``, ``missed_cell`` (true cell, given 0),
+        ``false_cell`` (outside, given a cell), ``n``.
+    """
+    true_cell = np.asarray(true_cell, dtype=np.int64)
+    assigned_cell = np.asarray(assigned_cell, dtype=np.int64)
+    best = _best_matches(pair_counts)
+    right = np.array([best.get(int(t), (0, -1))[1] for t in true_cell], dtype=np.int64)
+    inside = true_cell > 0
+    counts = {"right_cell": int((inside & (assigned_cell == right)).sum()),
+              "right_outside": int((~inside & (assigned_cell == 0)).sum()),
+              "wrong_cell": int((inside & (assigned_cell > 0) & (assigned_cell != right)).sum()),
+              "missed_cell": int((inside & (assigned_cell == 0)).sum()),
+              "false_cell": int((~inside & (assigned_cell > 0)).sum()),
+              "n": int(len(true_cell))}
+    counts["accuracy"] = (counts["right_cell"] + counts["right_outside"]) / counts["n"] if counts["n"] else float("nan")
+    return counts

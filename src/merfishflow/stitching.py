@@ -59,25 +59,75 @@ class GlobalRegistration:
         return affine
 
 
-def overlap_slices(position_i_um, position_j_um, shape_zyx, voxel_size_zyx_um):
+def overlap_slices(position_i_um, position_j_um, shape_zyx, voxel_size_zyx_um, shape_j_zyx=None):
     """Where the nominal footprints of tiles i and j overlap, in each tile's pixels.
+
+    Parameters
+    ----------
+    position_i_um, position_j_um : sequence of 3 float
+        Global position of each tile's voxel (0, 0, 0), µm.
+    shape_zyx : sequence of 3 int
+        Shape of tile i (and of tile j unless ``shape_j_zyx`` is given).
+    voxel_size_zyx_um : sequence of 3 float
+    shape_j_zyx : sequence of 3 int, optional
 
     Returns
     -------
     (tuple of slice, tuple of slice) or None
         Index of the overlap in tile i and in tile j (same shape), or None if
-        they do not overlap.
+        they do not overlap. Positions are rounded to whole voxels.
     """
     shape = np.asarray(shape_zyx)
+    shape_j = shape if shape_j_zyx is None else np.asarray(shape_j_zyx)
     delta = np.rint((np.asarray(position_j_um) - np.asarray(position_i_um)) / np.asarray(voxel_size_zyx_um))
     delta = delta.astype(int)  # tile j's origin in tile i's pixels
     lo = np.maximum(0, delta)
-    hi = np.minimum(shape, delta + shape)
+    hi = np.minimum(shape, delta + shape_j)
     if np.any(hi - lo < 1):
         return None
     in_i = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     in_j = tuple(slice(int(a - d), int(b - d)) for a, b, d in zip(lo, hi, delta))
     return in_i, in_j
+
+
+def context_windows(origins_um, center, shape_zyx, voxel_size_zyx_um, margin_yx_px):
+    """Which part of every tile falls in a canvas around tile ``center``.
+
+    The canvas is tile ``center``'s voxel grid grown by ``margin_yx_px`` on
+    every side in y and x (same z range): the tile plus a band of its
+    neighbours, so that an algorithm that needs context (a cell cut by the
+    tile's edge) sees it. Positions are rounded to whole voxels.
+
+    Parameters
+    ----------
+    origins_um : array-like, shape (n_tiles, 3)
+        Global position (z, y, x) of every tile's voxel (0, 0, 0), µm.
+    center : int
+        Index of the tile the canvas is built around.
+    shape_zyx : sequence of 3 int
+        Shape of every tile.
+    voxel_size_zyx_um : sequence of 3 float
+    margin_yx_px : int
+        Band width in y and x, voxels (>= 0).
+
+    Returns
+    -------
+    canvas_shape : tuple of 3 int
+    windows : list of (int, tuple of slice, tuple of slice)
+        ``(tile index, index in the canvas, index in that tile)`` for every
+        tile overlapping the canvas, ``center`` first, then by tile index.
+    """
+    origins = np.asarray(origins_um, dtype=np.float64).reshape(-1, 3)
+    voxel = np.asarray(voxel_size_zyx_um, dtype=np.float64)
+    margin = np.array([0, int(margin_yx_px), int(margin_yx_px)])
+    canvas_shape = tuple(int(n) for n in np.asarray(shape_zyx) + 2 * margin)
+    canvas_origin = origins[center] - margin * voxel
+    windows = []
+    for index in [center] + [i for i in range(len(origins)) if i != center]:
+        found = overlap_slices(canvas_origin, origins[index], canvas_shape, voxel, shape_j_zyx=shape_zyx)
+        if found is not None:
+            windows.append((index, found[0], found[1]))
+    return canvas_shape, windows
 
 
 def _prepare(image):
