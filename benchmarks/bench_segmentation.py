@@ -14,18 +14,15 @@ Usage
     python benchmarks/bench_segmentation.py                      # 16x160x160 and 25x2048x2048
     python benchmarks/bench_segmentation.py --shapes 16x160x160  # quick
     python benchmarks/bench_segmentation.py --append             # also append to benchmarks/RESULTS.md
-    python benchmarks/bench_segmentation.py --accuracy experiments/demo   # mean IoU per tile vs ground truth
+    python benchmarks/bench_segmentation.py --accuracy experiments/demo   # scores of a finished simulated run
 
-``--accuracy EXPERIMENT`` (no timing) segments every tile of a simulated
-experiment that has been run through deconvolution and registration, once from
-the camera-corrected round-0 fiducial (``corrected_data``) and once from the
-registered deconvolved one (``registered_decon_data``, what the pipeline's
-segment rule uses), and prints :func:`merfishflow.segmentation.mean_iou`
-against ``ground_truth/cells_<tile>.tif``. It also prints two ceilings of
-the same score: ``fg_cap`` (the foreground of ``segment_cells`` split
-perfectly: every foreground voxel given the true label nearest to it) and
-``true_seed_ws`` (the same watershed of the distance transform, but with one
-seed per true cell at its deepest foreground voxel).
+``--accuracy EXPERIMENT`` (no timing) scores a simulated experiment the
+pipeline has run to the end: :func:`merfishflow.segmentation.mean_iou` of each
+tile's masks against ``ground_truth/cells_<tile>.tif``,
+:func:`~merfishflow.segmentation.mosaic_mean_iou` of the cells merged across
+tiles (each cell judged once), and
+:func:`~merfishflow.segmentation.assignment_accuracy` of the true-positive
+spots of ``decoded/all_tiles_filtered_cells.parquet``.
 """
 
 from __future__ import annotations
@@ -82,52 +79,57 @@ def child(shape, mode):
 
 
 def accuracy(experiment_dir):
-    """Mean IoU per tile of the demo-like experiment, corrected vs deconvolved input, plus two ceilings."""
+    """Scores of a finished simulated run: mean IoU per tile and over the mosaic, spot assignment."""
     import numpy as np
+    import pyarrow.parquet as pq
     import tifffile
-    from scipy import ndimage as ndi
-    from skimage.segmentation import watershed
 
-    from merfishflow import datastore
+    from merfishflow.assignment import merge_cells
+    from merfishflow.evaluation import match_spots
+    from merfishflow.masks import read_masks
     from merfishflow.paths import ExperimentPaths
-    from merfishflow.segmentation import SegmentationParams, _foreground, mean_iou, segment_cells
+    from merfishflow.segmentation import assignment_accuracy, mean_iou, mosaic_overlaps, mosaic_mean_iou
 
+    experiment_dir = Path(experiment_dir)
     paths = ExperimentPaths(experiment_dir)
-    params = SegmentationParams()
-    for truth_file in sorted((Path(experiment_dir) / "ground_truth").glob("cells_tile*.tif")):
-        tile = truth_file.stem.split("_")[1]
-        truth = tifffile.imread(truth_file)
-        voxel = np.asarray(datastore.read_marker(paths.global_registration(tile))["spacing_zyx_um"], float)
-        inputs = {"corrected": np.asarray(datastore.read_array(paths.fiducial_group(tile, "round0000"),
-                                                               "corrected_data"), np.float32),
-                  "deconvolved": datastore.read_marked_array(
-                      paths.fiducial_array(tile, "round0000", "registered_decon_data")).astype(np.float32)}
-        for name, image in inputs.items():
-            t0 = time.perf_counter()
-            labels = segment_cells(image, voxel, params)
-            seconds = time.perf_counter() - t0
-            smoothed = ndi.gaussian_filter(image, params.smoothing_sigma_um / voxel)
-            fg = _foreground(smoothed, params)
-            _, nearest = ndi.distance_transform_edt(truth == 0, sampling=voxel, return_indices=True)
-            perfect = np.where(fg, truth[tuple(nearest)], 0)
-            distance = ndi.distance_transform_edt(fg, sampling=voxel)
-            ids = np.unique(truth[truth > 0])
-            deepest = np.asarray(ndi.maximum_position(distance * (truth > 0), truth, ids)).reshape(-1, 3)
-            markers = np.zeros(truth.shape, np.int32)
-            markers[tuple(deepest.T)] = np.arange(1, len(ids) + 1)
-            seeded = watershed(-distance, markers, mask=fg)
-            print(json.dumps({"tile": tile, "input": name, "mean_iou": round(mean_iou(labels, truth), 3),
-                              "n_cells": int(labels.max()), "n_true": int(len(ids)),
-                              "fg_cap": round(mean_iou(perfect, truth), 3),
-                              "true_seed_ws": round(mean_iou(seeded, truth), 3), "seconds": round(seconds, 2)}),
-                  flush=True)
+    truth_files = sorted((experiment_dir / "ground_truth").glob("cells_tile*.tif"))
+    tiles = [f.stem.split("_")[1] for f in truth_files]
+    truths = [tifffile.imread(f) for f in truth_files]
+    mask_sets = [read_masks(paths.cell_masks(t)) for t in tiles]
+    labels = [m.to_labels() for m in mask_sets]
+    cells = merge_cells(mask_sets, lambda t: labels[t])
+    merged = []
+    for k, lab in enumerate(labels):
+        lut = np.zeros(int(lab.max()) + 1, np.int64)
+        for (t, local), cell in cells.instance_to_cell.items():
+            if t == k:
+                lut[local] = cell
+        merged.append(lut[lab])
+    origins = [m.origin_zyx_um for m in mask_sets]
+    voxel = mask_sets[0].voxel_size_zyx_um
+    for tile, lab, truth in zip(tiles, labels, truths):
+        print(json.dumps({"tile": tile, "mean_iou": round(mean_iou(lab, truth), 3), "n_cells": int(lab.max()),
+                          "n_true": int(len(np.unique(truth[truth > 0])))}))
+    n_true = len(np.unique(np.concatenate([np.unique(t[t > 0]) for t in truths])))
+    out = {"mosaic_mean_iou": round(mosaic_mean_iou(merged, truths, origins, voxel), 3),
+           "n_cells": len(cells.table), "n_true": int(n_true)}
+    # Spots: the true positives of the decoded, filtered, assigned table.
+    spots = pq.read_table(paths.assigned_spots).to_pandas()
+    truth_spots = pq.read_table(experiment_dir / "ground_truth" / "spots.parquet").to_pandas()
+    matched = match_spots(spots, truth_spots, voxel)
+    tp = matched >= 0
+    cell_of_spot = truth_spots.drop_duplicates("spot_id").set_index("spot_id")["cell_id"]
+    pair_counts, _, _ = mosaic_overlaps(merged, truths, origins, voxel)
+    out["spots"] = assignment_accuracy(cell_of_spot.loc[matched[tp]].to_numpy(), spots["cell_id"].to_numpy()[tp],
+                                       pair_counts)
+    print(json.dumps(out), flush=True)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", nargs="+", default=["16x160x160", "25x2048x2048"])
     ap.add_argument("--append", action="store_true")
-    ap.add_argument("--accuracy", metavar="EXPERIMENT", help="only report mean IoU on a simulated experiment")
+    ap.add_argument("--accuracy", metavar="EXPERIMENT", help="only score a finished simulated run (IoU per tile and mosaic, spot assignment)")
     args = ap.parse_args()
     if args.accuracy:
         accuracy(args.accuracy)

@@ -137,8 +137,10 @@ def filter_experiment(experiment_dir, tiles, params=FilterParams(), progress=pri
     report["n_overlap_duplicates"] = int((~unique).sum())
     # Blanks that pass stay in the table (is_blank): they are how a user checks the FDR.
     final = passed[unique].reset_index(drop=True)
+    # A codebook without blank codewords cannot estimate the FDR (fdr_filter then keeps every spot).
+    fdr = "n/a: no blank codewords" if report["estimated_fdr"] is None else f"{report['estimated_fdr']:.4f}"
     progress(f"{report['n_input']} spots, {report['n_kept']} pass the FDR filter (estimated FDR "
-             f"{report['estimated_fdr']:.4f}, target {params.target_fdr}), {report['n_overlap_duplicates']} overlap "
+             f"{fdr}, target {params.target_fdr}), {report['n_overlap_duplicates']} overlap "
              f"duplicates removed, {len(final)} spots kept ({int(final['is_blank'].sum())} blank)")
     metadata = {"stage": "filter", "software": datastore.software_versions(), "parameters": params.to_dict(),
                 "report": report, "tiles": list(tiles),
