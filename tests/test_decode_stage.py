@@ -130,3 +130,14 @@ def test_only_blanks_gives_valid_empty_outputs(demo_copy):
     assert len(final) == 0 and report["n_kept"] == 0
     assert pq.read_table(paths.filtered_spots).num_rows == 0
     assert list(pd.read_csv(paths.filtered_spots_csv).columns) == STARFISH_COLUMNS
+
+
+def test_a_codebook_without_blanks_keeps_every_spot_and_says_why(demo_copy, monkeypatch):
+    """No blank codewords: the FDR cannot be estimated; every spot is kept and the log line says so."""
+    _, _, experiment_dir = demo_copy
+    experiment = load_experiment(experiment_dir)
+    monkeypatch.setattr("merfishflow.stages.decode.BLANK_PREFIX", "no-gene-has-this-prefix")
+    lines = []
+    final, report = filter_experiment(experiment_dir, experiment.tiles, progress=lines.append)
+    assert report["estimated_fdr"] is None and report["n_kept"] == report["n_input"]
+    assert any("n/a: no blank codewords" in line for line in lines)
