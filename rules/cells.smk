@@ -31,6 +31,7 @@ rule assign:
     params:
         tiles=PIPELINE.experiment.tiles,
         min_shared_fraction=config["assignment"]["min_shared_fraction"],
+        expand_um=config["assignment"]["expand_um"],
     log:
         PIPELINE.log("assign", "assign"),
     group:

@@ -6,7 +6,7 @@ from merfishflow.stages.cells import assign_experiment
 
 def main(smk, progress):
     assign_experiment(experiment_of(smk.output[0]), smk.params.tiles, smk.params.min_shared_fraction,
-                      progress=progress)
+                      expand_um=smk.params.expand_um, progress=progress)
 
 
 run_job(snakemake, main)  # noqa: F821 (injected by Snakemake)

@@ -12,6 +12,7 @@ import scipy.io
 
 from merfishflow import datastore
 from merfishflow.assignment import assign_spots, merge_cells
+from merfishflow.errors import InputError
 from merfishflow.masks import read_masks, write_masks
 from merfishflow.metadata import load_experiment
 from merfishflow.paths import REGISTERED_DATA, ExperimentPaths
@@ -111,3 +112,24 @@ def test_a_cell_spanning_a_tile_overlap_is_counted_once(tmp_path):
     ids = assign_spots(spots, lambda t: sets[t].to_labels(), cells)
     assert ids[0] == ids[1] == cells.instance_to_cell[(0, 1)]
     assert ids[2] == cells.instance_to_cell[(1, 7)] and ids[3] == 0
+
+
+def test_spots_just_outside_a_mask_go_to_the_nearest_cell_within_expand_um(tmp_path):
+    labels = np.zeros((3, 20, 20), np.uint32)
+    labels[:, 2:8, 2:8] = 1
+    labels[:, 2:8, 12:18] = 2
+    path = tmp_path / "t.mfmask"
+    write_masks(path, labels, (0.3, 0.1, 0.1), (0.0, 0.0, 0.0), tile="tile0000")
+    masks = read_masks(path)
+    cells = merge_cells([masks], lambda t: labels)
+    # x = 9: 0.2 µm right of cell 1's edge (x 7); x = 10: 0.2 µm left of cell 2 (x 12) but 0.3 µm from cell 1
+    # -> nearest is cell 2; x = 9.6 rounds to 10; y = 13: 0.6 µm below both cells.
+    spots = pd.DataFrame({"tile": 0, "z_px": 1.0, "y_px": [5.0, 5.0, 13.0, 4.0],
+                          "x_px": [9.0, 9.6, 5.0, 4.0]})
+    plain = assign_spots(spots, lambda t: labels, cells)
+    ids = assign_spots(spots, lambda t: labels, cells, expand_um=0.3, voxel_size_zyx_um=(0.3, 0.1, 0.1))
+    c1, c2 = cells.instance_to_cell[(0, 1)], cells.instance_to_cell[(0, 2)]
+    assert list(plain) == [0, 0, 0, c1]
+    assert list(ids) == [c1, c2, 0, c1]
+    with pytest.raises(InputError):
+        assign_spots(spots, lambda t: labels, cells, expand_um=-1.0, voxel_size_zyx_um=(0.3, 0.1, 0.1))

@@ -211,8 +211,8 @@ def write_counts(counts_dir: Path, matrix, cell_names, genes, cell_table: pd.Dat
     return out
 
 
-def assign_experiment(experiment_dir, tiles, min_shared_fraction=0.5, progress=print) -> dict:
-    """Merge cells across tiles, give every filtered spot its cell, and count."""
+def assign_experiment(experiment_dir, tiles, min_shared_fraction=0.5, expand_um=0.3, progress=print) -> dict:
+    """Merge cells across tiles, give every filtered spot its cell (or the nearest within ``expand_um``), count."""
     paths = ExperimentPaths(experiment_dir)
     calibration = datastore.read_marker(paths.calibrations)
     mask_sets = [read_masks(paths.cell_masks(t)) for t in tiles]
@@ -228,7 +228,7 @@ def assign_experiment(experiment_dir, tiles, min_shared_fraction=0.5, progress=p
 
     cells = merge_cells(mask_sets, load_labels, min_shared_fraction, progress=progress)
     spots = pq.read_table(paths.filtered_spots).to_pandas()
-    spots["cell_id"] = assign_spots(spots, load_labels, cells)
+    spots["cell_id"] = assign_spots(spots, load_labels, cells, expand_um, calibration["voxel_size_zyx_um"])
     genes = [g for g in calibration["exp_codebook"]["gene_id"] if not g.startswith(BLANK_PREFIX)]
     cell_ids = cells.table["cell_id"].to_numpy()
     cell_names = [f"cell{c:07d}" for c in cell_ids]
@@ -238,7 +238,7 @@ def assign_experiment(experiment_dir, tiles, min_shared_fraction=0.5, progress=p
              f"{inside} of {len(spots)} spots inside a cell, {int(matrix.sum())} counted")
     digests = [datastore.file_digest(paths.cell_masks(t)) for t in tiles] + [datastore.file_digest(paths.filtered_spots)]
     metadata = {"stage": "assign", "software": datastore.software_versions(),
-                "parameters": {"min_shared_fraction": min_shared_fraction},
+                "parameters": {"min_shared_fraction": min_shared_fraction, "expand_um": expand_um},
                 "inputs_sha256": hashlib.sha256("".join(digests).encode()).hexdigest(),
                 "filter": read_metadata(paths.filtered_spots).get("report")}
     n_bits = len(calibration["exp_codebook"]["bits"])
