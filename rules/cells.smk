@@ -9,7 +9,7 @@ rule segment:
         segmentation=config["segmentation"],
         # The neighbours' fiducials are read for context; register_global,
         # an input above, already depends on all of them.
-        tiles=PIPELINE.experiment.tiles,
+        tiles=lambda wildcards: PIPELINE.segment_context_tiles(wildcards.tile),
     log:
         PIPELINE.log("segment", "{tile}"),
     group:

@@ -108,3 +108,18 @@ def test_assemble_canvas_places_neighbours_and_repeats_the_edge():
     np.testing.assert_array_equal(canvas[:, 11, 2:12], a[:, -1])
     alone, used = assemble_canvas(0, origins[:1], a.shape, voxel, 0, lambda i, w: a[w])
     np.testing.assert_array_equal(alone, a)
+
+
+def test_a_segment_job_reads_only_the_tiles_near_it(tmp_path):
+    from merfishflow.config import validate_config
+    from merfishflow.workflow import Pipeline
+
+    config = validate_config({"experiment_dir": str(tmp_path / "exp"),
+                              "simulation": {"enabled": True, "params": {"n_tiles_yx": [3, 3],
+                                                                         "image_shape_zyx": [4, 128, 128]}}})
+    pipeline = Pipeline.from_config(config, check_files=False)
+    # 13.8 µm tiles every 11.1 µm; a band of 3 + 5 µm reaches the next tile, not the one after.
+    assert pipeline.segment_context_tiles("tile0000") == ["tile0000", "tile0001", "tile0003", "tile0004"]
+    assert pipeline.segment_context_tiles("tile0004") == pipeline.experiment.tiles
+    config["segmentation"] = {"context_um": 0}
+    assert Pipeline.from_config(config, check_files=False).segment_context_tiles("tile0004") == ["tile0004"]

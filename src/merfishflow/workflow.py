@@ -19,6 +19,8 @@ from .status import stage_groups, target_file, tile_markers
 
 TILE_WILDCARD = "{tile}"
 WILDCARD_CONSTRAINTS = {"tile": r"tile\d{4}"}
+# Stage errors (µm) the neighbour search for a segmentation canvas allows for, on top of the band.
+STAGE_SLACK_UM = 5.0
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,26 @@ class Pipeline:
 
     def cell_masks(self, tile: str = TILE_WILDCARD) -> str:
         return str(self.paths.cell_masks(tile))
+
+    def segment_context_tiles(self, tile: str) -> list[str]:
+        """Tiles whose images may fall in ``tile``'s segmentation canvas (itself included), in tile order.
+
+        By nominal stage positions, with the band grown by ``STAGE_SLACK_UM``
+        for stage errors that global registration corrects; a job reads only
+        these tiles' placements and fiducials, not the whole experiment's.
+        """
+        from .stages.cells import DEFAULT_CONTEXT_UM
+        from .stitching import context_windows
+
+        context_um = self.config["segmentation"].get("context_um", DEFAULT_CONTEXT_UM)
+        if not context_um:
+            return [tile]
+        voxel = self.experiment.voxel_size_zyx_um
+        margin_px = int(math.ceil((context_um + STAGE_SLACK_UM) / voxel[1]))
+        tiles = self.experiment.tiles
+        _, windows = context_windows(self.experiment.stage_positions_um, tiles.index(tile),
+                                     self.experiment.image_shape_zyx, voxel, margin_px)
+        return [tiles[i] for i in sorted(index for index, _, _ in windows)]
 
     def all_cell_masks(self) -> list[str]:
         return [self.cell_masks(t) for t in self.experiment.tiles]

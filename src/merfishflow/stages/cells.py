@@ -146,7 +146,7 @@ def segment_tile_stage(experiment_dir, tile, params=SegmentationParams(), tiles=
 
     The tile is segmented with a band of ``context_um`` of its neighbours
     around it (:func:`context_canvas`; ``tiles`` lists every tile of the
-    experiment, default just this one), then cropped back: a cell cut by the
+    experiment that may be near it, default just this one), then cropped back: a cell cut by the
     tile's edge is split and shaped as it is in the tissue, and the two
     tiles of an overlap label it alike.
     """
@@ -154,6 +154,8 @@ def segment_tile_stage(experiment_dir, tile, params=SegmentationParams(), tiles=
     if isinstance(context_um, bool) or not isinstance(context_um, (int, float)) or not 0 <= context_um < 1e4:
         raise InputError(f"segmentation.context_um: expected a number of µm >= 0, got {context_um!r}")
     tiles = list(tiles) if tiles else [tile]
+    if tile not in tiles:
+        raise InputError(f"segment {tile}: the tiles given for context ({tiles}) must include the tile itself")
     canvas, m, used, placement = context_canvas(paths, tile, tiles, context_um)
     voxel = placement["spacing_zyx_um"]
     progress(f"{tile}: segmenting with {len(used) - 1} neighbour(s) in a {context_um} um band, canvas {canvas.shape}")
