@@ -13,7 +13,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from .metadata import Experiment, load_experiment
+from .naming import tile_name
 from .paths import DECON_DATA, REGISTERED_DATA, ExperimentPaths, marker
 from .status import stage_groups, target_file, tile_markers
 
@@ -166,17 +169,17 @@ class Pipeline:
         these tiles' placements and fiducials, not the whole experiment's.
         """
         from .stages.cells import DEFAULT_CONTEXT_UM
-        from .stitching import context_windows
 
         context_um = self.config["segmentation"].get("context_um", DEFAULT_CONTEXT_UM)
         if not context_um:
             return [tile]
-        voxel = self.experiment.voxel_size_zyx_um
-        margin_px = int(math.ceil((context_um + STAGE_SLACK_UM) / voxel[1]))
-        tiles = self.experiment.tiles
-        _, windows = context_windows(self.experiment.stage_positions_um, tiles.index(tile),
-                                     self.experiment.image_shape_zyx, voxel, margin_px)
-        return [tiles[i] for i in sorted(index for index, _, _ in windows)]
+        # Vectorized over tiles: this runs once per segment job when the DAG is built.
+        positions = np.asarray(self.experiment.stage_positions_um, dtype=np.float64)[:, 1:]
+        size = np.asarray(self.experiment.image_shape_zyx[1:]) * np.asarray(self.experiment.voxel_size_zyx_um[1:])
+        reach = context_um + STAGE_SLACK_UM
+        own = positions[int(tile[len("tile"):])]
+        near = np.all((positions < own + size + reach) & (positions + size > own - reach), axis=1)
+        return [tile_name(int(i)) for i in np.flatnonzero(near)]
 
     def all_cell_masks(self) -> list[str]:
         return [self.cell_masks(t) for t in self.experiment.tiles]
