@@ -142,3 +142,19 @@ def test_writer_rejects_bad_input(tmp_path):
         masks.write_masks(tmp_path / "a.mfmask", np.zeros((2, 4, 4), np.uint32), VOXEL, ORIGIN,
                           metadata={"x": float("nan")})
     assert not list(tmp_path.iterdir())
+
+
+def test_count_label_pairs_matches_numpy_unique_on_rows():
+    from merfishflow.masks import count_label_pairs
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 2**32, 1000, dtype=np.uint64).astype(np.uint32)
+    a[::3] = 7
+    b = rng.integers(0, 5, 1000).astype(np.uint32)
+    pairs, counts = count_label_pairs(a, b)
+    expected, expected_counts = np.unique(np.stack([a.astype(np.int64), b.astype(np.int64)]), axis=1,
+                                          return_counts=True)
+    np.testing.assert_array_equal(pairs, expected)
+    np.testing.assert_array_equal(counts, expected_counts)
+    empty = count_label_pairs(np.zeros(0, np.uint32), np.zeros(0, np.uint32))
+    assert empty[0].shape == (2, 0) and empty[1].shape == (0,)

