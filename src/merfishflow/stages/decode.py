@@ -87,8 +87,11 @@ def decode_tile_stage(experiment_dir, tile, params=DecodingParams(), progress=pr
                              f"{shape}; every bit of a tile must have the same shape")
 
     def read_bits(z0, z1):
-        return np.stack([datastore.read_region(h, np.s_[z0:z1], a)
-                         for h, a in zip(handles, arrays)]).astype(np.float32)
+        # One fresh float32 array, each bit read into its place (np.stack + astype made two more whole copies).
+        out = np.empty((len(handles), z1 - z0, *shape[1:]), np.float32)
+        for k, (h, a) in enumerate(zip(handles, arrays)):
+            out[k] = datastore.read_region(h, np.s_[z0:z1], a)
+        return out
 
     placement_group = paths.global_registration(tile)
     placement = datastore.read_marker(placement_group)
