@@ -158,3 +158,20 @@ def test_count_label_pairs_matches_numpy_unique_on_rows():
     np.testing.assert_array_equal(counts, expected_counts)
     empty = count_label_pairs(np.zeros(0, np.uint32), np.zeros(0, np.uint32))
     assert empty[0].shape == (2, 0) and empty[1].shape == (0,)
+
+
+def test_without_masks_keeps_the_bookkeeping_and_refuses_labels(tmp_path):
+    labels = np.zeros((2, 6, 6), np.uint32)
+    labels[:, 1:3, 1:4] = 4
+    labels[:, 4:6, 0:2] = 9
+    path = tmp_path / "t.mfmask"
+    masks.write_masks(path, labels, (0.5, 0.1, 0.1), (1.0, 2.0, 3.0), tile="tile0000")
+    full = masks.read_masks(path)
+    light = full.without_masks()
+    assert light.cell_ids == full.cell_ids == [4, 9]
+    assert light.cell(9).volume_voxels == full.cell(9).volume_voxels == 8
+    assert light.cell(4).centroid_zyx_um == full.cell(4).centroid_zyx_um and light.cell(4).mask is None
+    with pytest.raises(KeyError):
+        light.cell(5)
+    with pytest.raises(ValueError, match="without_masks"):
+        light.to_labels()

@@ -35,7 +35,7 @@ import hashlib
 import json
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -150,8 +150,19 @@ class MaskSet:
             return self.cells[k]
         raise KeyError(f"no cell {cell_id} in this mask set ({self.n_cells} cells)")
 
+    def without_masks(self):
+        """This set with every cell's ``mask`` dropped (None): ids, boxes, centroids and volumes only.
+
+        For bookkeeping over many tiles (merging cells across an experiment),
+        where holding every tile's unpacked masks would cost ~1.5 bytes per
+        voxel of the whole experiment; :meth:`to_labels` then raises.
+        """
+        return replace(self, cells=[replace(c, mask=None) for c in self.cells])
+
     def to_labels(self):
         """The uint32 label volume (z, y, x) the file was written from, exactly."""
+        if self.cells and self.cells[0].mask is None:
+            raise ValueError("to_labels: this mask set was made without_masks(); read the file again")
         out = np.zeros(self.shape_zyx, dtype=np.uint32)
         for c in self.cells:
             view = out[c.slices]

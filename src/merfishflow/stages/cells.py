@@ -217,7 +217,9 @@ def assign_experiment(experiment_dir, tiles, min_shared_fraction=0.5, expand_um=
     """Merge cells across tiles, give every filtered spot its cell (or the nearest within ``expand_um``), count."""
     paths = ExperimentPaths(experiment_dir)
     calibration = datastore.read_marker(paths.calibrations)
-    mask_sets = [read_masks(paths.cell_masks(t)) for t in tiles]
+    # Cell ids, centroids and volumes of every tile; the masks themselves are
+    # read again when a tile's labels are needed, so memory does not grow with the tiles.
+    mask_sets = [read_masks(paths.cell_masks(t)).without_masks() for t in tiles]
     cache = {}
 
     def load_labels(t):
@@ -225,7 +227,7 @@ def assign_experiment(experiment_dir, tiles, min_shared_fraction=0.5, expand_um=
         if t not in cache:
             if len(cache) >= 2:
                 cache.pop(next(iter(cache)))
-            cache[t] = mask_sets[t].to_labels()
+            cache[t] = read_masks(paths.cell_masks(tiles[t])).to_labels()
         return cache[t]
 
     cells = merge_cells(mask_sets, load_labels, min_shared_fraction, progress=progress)
