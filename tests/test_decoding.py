@@ -219,3 +219,32 @@ def test_block_background_follows_the_exact_gaussian(shape):
     assert error[:, 12:-12, 12:-12].max() < 0.05 * exact.std()
     assert error.max() < 0.25 * exact.std()
     np.testing.assert_array_equal(_background(image, 5.6, 1, 3.0), exact)
+
+
+def test_enhancement_does_not_depend_on_slabs_or_threads_and_follows_scipy():
+    """The band-matrix (sgemm) Gaussians: byte-identical for any slab size, filter and BLAS thread count, and
+    equal to scipy.ndimage's separable Gaussians up to float32 rounding."""
+    from scipy import ndimage as ndi
+    from threadpoolctl import threadpool_limits
+
+    from merfishflow.decoding import _sigmas_px, enhance_bits
+
+    params = DecodingParams(background_sigma_yx_um=0.0)
+    sig = _sigmas_px(params, (0.31, 0.108, 0.108))
+    halo = sig["halo_z"]
+    rng = np.random.default_rng(0)
+    vol = (50 * rng.random((3, 21, 70, 53))).astype(np.float32)
+    whole = enhance_bits(vol.copy(), (0, 21), sig, params.truncate, 1).copy()
+    lowpass = ndi.gaussian_filter(vol.astype(np.float64), (0, *sig["lowpass_zyx"]), mode="reflect",
+                                  truncate=params.truncate)
+    np.testing.assert_allclose(whole, np.maximum(lowpass, 0), rtol=0, atol=1e-4)
+    sig = _sigmas_px(DecodingParams(), (0.31, 0.108, 0.108))
+    whole = enhance_bits(vol.copy(), (0, 21), sig, params.truncate, 1).copy()
+    for slab, threads, blas in ((8, 2, 2), (5, 1, 2), (3, 2, 1)):
+        parts = []
+        with threadpool_limits(blas, user_api="blas"):
+            for z0 in range(0, 21, slab):
+                z1 = min(21, z0 + slab)
+                a, b = max(0, z0 - halo), min(21, z1 + halo)
+                parts.append(enhance_bits(vol[:, a:b].copy(), (z0 - a, z1 - a), sig, params.truncate, threads).copy())
+        assert np.concatenate(parts, axis=1).tobytes() == whole.tobytes(), (slab, threads, blas)

@@ -29,9 +29,13 @@ Algorithm
    requested variance (:func:`_background`; within 5 % of the exact
    Gaussian's spread inside the tile, 25 % at its border): a sixteenth of the
    work of the 2 x 35-tap exact filter, which had been ~60 % of the filter
-   time. The bits are filtered in ``n_threads`` threads (0 = the CPUs this
-   process may use; scipy.ndimage releases the GIL), each into its own
-   buffers, so the result does not depend on the thread count.
+   time. The z and y Gaussians and the background's interpolation back to
+   the pixels are products with banded matrices (BLAS sgemm,
+   :func:`_apply_axis0`), the x Gaussian is scipy's. The bits are filtered in
+   ``n_threads`` threads (0 = the CPUs this process may use; scipy.ndimage
+   and BLAS release the GIL; one BLAS thread each), each into its own
+   buffers, so the result does not depend on the thread count (nor on the
+   BLAS thread count or the slab size: tested).
 2. **Per-bit normalization**: every bit ``b`` is mapped to
    ``x_b = max(0, (e_b - background_b) / scale_b)``. Initial (global)
    estimate: ``background_b = 0`` (the DoG has removed it) and ``scale_b`` =
@@ -188,7 +192,8 @@ class DecodingParams:
     background_downsample : int
         The background Gaussian is computed on blocks of this many pixels squared (1 = exact).
     n_threads : int
-        Bits filtered in parallel (0 = every CPU available to the process, at most n_bits).
+        Bits filtered in parallel (0 = every CPU available to the process, at most n_bits); also the BLAS
+        threads while decoding (0: BLAS's default), so that 1 is single-threaded throughout.
     slab_planes : int
         Planes decoded per slab.
     chunk_pixels : int
@@ -329,6 +334,20 @@ def _n_threads(params: DecodingParams, n_bits: int) -> int:
     return max(1, min(cores, n_bits))
 
 
+def _blas_threads(n_threads: int):
+    """BLAS limited to ``n_threads`` threads while decoding (0: left as it is), so that ``n_threads=1`` is
+    single-threaded throughout (OpenBLAS's threads on a busy core slow every small product down)."""
+    from contextlib import nullcontext
+
+    if n_threads <= 0:
+        return nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        return nullcontext()
+    return threadpool_limits(n_threads, user_api="blas")
+
+
 def _block_mean(img, f):
     """Mean over f x f blocks of the last two axes (a partial last block is averaged over what it has)."""
     *lead, Y, X = img.shape
@@ -451,6 +470,14 @@ def _apply_axis0(op, radius, src, dst, rows=None, block=16):
     d2 = dst.reshape(dst.shape[0], -1)
     for r0 in range(a, b, block):
         r1 = min(b, r0 + block)
+        if r1 - r0 == 1 and n >= 2:
+            # A one-row product goes to OpenBLAS's gemv, whose rounding differs from gemm's: compute two rows
+            # so that a row's value does not depend on where the slab (or block) ends.
+            e0 = r0 - 1 if r0 >= 1 else r0
+            c0, c1 = max(0, e0 - radius), min(n, e0 + 2 + radius)
+            pair = np.matmul(op[e0:e0 + 2, c0:c1], s2[c0:c1])
+            d2[r0 - a] = pair[r0 - e0]
+            continue
         c0, c1 = max(0, r0 - radius), min(n, r1 + radius)
         np.matmul(op[r0:r1, c0:c1], s2[c0:c1], out=d2[r0 - a:r1 - a])
 
@@ -540,14 +567,7 @@ def enhance_bits(stack, z_core, sigmas: dict, truncate: float, n_threads: int = 
         # One BLAS thread per filter thread: the band matrix products are small, and OpenBLAS's own threads on
         # top of ours oversubscribe the cores (2 filter threads on 2 cores: 1.5 s with 2 BLAS threads, 1.05 s
         # with 1). threadpoolctl comes with scikit-learn; the limit is process-wide while the pool runs.
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # pragma: no cover
-            from contextlib import nullcontext
-
-            def threadpool_limits(*_args, **_kwargs):
-                return nullcontext()
-        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(max_workers=workers) as pool:
+        with _blas_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(run, range(workers)))
     else:
         run(0)
@@ -1016,6 +1036,11 @@ def decode_tile(read_bits: Callable, shape_zyx, codewords, voxel_size_zyx_um, pa
         voxel size that is not 3 positive numbers, or a ``read_bits`` whose
         array does not match the codebook's bit count or the shape.
     """
+    with _blas_threads(params.n_threads):
+        return _decode_tile(read_bits, shape_zyx, codewords, voxel_size_zyx_um, params, progress)
+
+
+def _decode_tile(read_bits, shape_zyx, codewords, voxel_size_zyx_um, params, progress):
     codewords = np.asarray(codewords)
     if codewords.ndim != 2 or codewords.shape[0] < 1 or codewords.shape[1] < 1:
         raise InputError(f"codewords: expected a 2D (n_codewords, n_bits) 0/1 array, got shape {codewords.shape}")
