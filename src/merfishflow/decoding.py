@@ -443,6 +443,7 @@ def _gaussian_weights(sigma, truncate):
     return (phi / phi.sum()).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=16)
 def _band_operator(n, sigma, truncate):
     """The (n, n) float32 matrix ``M`` with ``M @ v = gaussian_filter1d(v, sigma, axis=0, mode="reflect")``.
 
@@ -451,7 +452,9 @@ def _band_operator(n, sigma, truncate):
     borders (reflection stays within ``r`` of the edge).
     """
     w = _gaussian_weights(sigma, truncate).astype(np.float64)
-    return ndi.correlate1d(np.eye(n), w, axis=0, mode="reflect").astype(np.float32)
+    op = ndi.correlate1d(np.eye(n), w, axis=0, mode="reflect").astype(np.float32)
+    op.setflags(write=False)  # cached (lru_cache): shared by every slab and thread
+    return op
 
 
 def _apply_axis0(op, radius, src, dst, rows=None, block=16):
@@ -552,9 +555,11 @@ def enhance_bits(stack, z_core, sigmas: dict, truncate: float, n_threads: int = 
     sz, sy, _ = sigmas["lowpass_zyx"]
     ops = {}
     if sz > 0 and stack.shape[1] > 1:
-        ops["z"], ops["rz"] = _band_operator(stack.shape[1], sz, truncate), int(truncate * float(sz) + 0.5)
+        ops["z"] = _band_operator(stack.shape[1], float(sz), float(truncate))
+        ops["rz"] = int(truncate * float(sz) + 0.5)
     if sy > 0:
-        ops["y"], ops["ry"] = _band_operator(stack.shape[2], sy, truncate), int(truncate * float(sy) + 0.5)
+        ops["y"] = _band_operator(stack.shape[2], float(sy), float(truncate))
+        ops["ry"] = int(truncate * float(sy) + 0.5)
     # Bit k goes to worker k % workers, which reuses its own buffers.
     def run(w):
         buffers = []
