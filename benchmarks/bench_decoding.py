@@ -15,7 +15,8 @@ codeword of the 140-word 16-bit weight-4 distance-4 code.
    load from other processes hits both. Also both single-threaded
    (``DecodingParams(n_threads=1)`` against sgemm under
    ``threadpool_limits(1)``), which load on a shared machine distorts far less
-   than OpenBLAS's multi-threaded sgemm. Breakdown: the DoG filters alone
+   than OpenBLAS's multi-threaded sgemm; the time ``decode_tile`` spends in ``read_bits`` (here a copy
+   of the pre-generated tile into fresh memory) is reported too. Breakdown: the DoG filters alone
    (``enhance_bits`` over the tile, whole or slab by slab as ``decode_tile``
    reads it) and the rest.
 2. **Peak memory** of decoding a Z x 2048 x 2048 tile of 16 bits
