@@ -12,8 +12,6 @@ rule segment:
         tiles=lambda wildcards: PIPELINE.segment_context_tiles(wildcards.tile),
     log:
         PIPELINE.log("segment", "{tile}"),
-    group:
-        "tile_post"
     resources:
         mem_mb=segment_mem_mb,
     conda:
@@ -34,8 +32,6 @@ rule assign:
         expand_um=config["assignment"]["expand_um"],
     log:
         PIPELINE.log("assign", "assign"),
-    group:
-        "summary"
     conda:
         "../envs/merfishflow.yaml"
     script:

@@ -11,8 +11,6 @@ rule datastore:
         simulated=PIPELINE.simulated,
     log:
         PIPELINE.log("datastore", "datastore"),
-    group:
-        "summary"
     conda:
         "../envs/merfishflow.yaml"
     script:

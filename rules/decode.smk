@@ -10,8 +10,6 @@ rule decode:
     threads: 2
     log:
         PIPELINE.log("decode", "{tile}"),
-    group:
-        "tile_post"
     resources:
         mem_mb=decode_mem_mb,
         runtime=decode_runtime,
@@ -32,8 +30,6 @@ rule filter_spots:
         filtering=config["filtering"],
     log:
         PIPELINE.log("filter", "filter"),
-    group:
-        "summary"
     conda:
         "../envs/merfishflow.yaml"
     script:
@@ -52,8 +48,6 @@ if PIPELINE.simulated:
             radius_um=config["evaluation"]["radius_um"],
         log:
             PIPELINE.log("evaluate", "evaluate"),
-        group:
-            "summary"
         conda:
             "../envs/merfishflow.yaml"
         script:
