@@ -98,13 +98,7 @@ def accuracy(experiment_dir):
     mask_sets = [read_masks(paths.cell_masks(t)) for t in tiles]
     labels = [m.to_labels() for m in mask_sets]
     cells = merge_cells(mask_sets, lambda t: labels[t])
-    merged = []
-    for k, lab in enumerate(labels):
-        lut = np.zeros(int(lab.max()) + 1, np.int64)
-        for (t, local), cell in cells.instance_to_cell.items():
-            if t == k:
-                lut[local] = cell
-        merged.append(lut[lab])
+    merged = [cells.global_labels(k, lab) for k, lab in enumerate(labels)]
     origins = [m.origin_zyx_um for m in mask_sets]
     voxel = mask_sets[0].voxel_size_zyx_um
     for tile, lab, truth in zip(tiles, labels, truths):

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from merfishflow.assignment import shared_instances
+from merfishflow.assignment import merge_cells
+from merfishflow.masks import read_masks, write_masks
 from merfishflow.segmentation import SegmentationParams, mosaic_mean_iou, segment_cells
 from merfishflow.stages.cells import DEFAULT_CONTEXT_UM, assemble_canvas
-from merfishflow.stitching import union_find
 
 # 2 x 2 tiles of 27.6 µm: about 70 cells (a 1 x 2 demo-sized mosaic has 20, too few to compare methods:
 # the mean IoU of either method moves by +-0.1 between seeds there).
@@ -40,40 +40,32 @@ def mosaic(tmp_path_factory):
     return images, truths, [t["true_stage_zyx_um"] for t in tiles], transforms["voxel_size_zyx_um"]
 
 
-def segment_mosaic(images, origins, voxel, context_um, params):
-    """Per-tile labels (cropped back from each canvas) renumbered to global cells merged across overlaps."""
+def segment_mosaic(images, origins, voxel, context_um, params, folder):
+    """Per-tile labels (cropped back from each canvas), merged across overlaps by the assign stage's
+    merge_cells (through mask files in ``folder``), in global cell ids; and the number of cells."""
     margin = int(round(context_um / voxel[1]))
-    labels = []
+    mask_sets = []
     for k, image in enumerate(images):
         canvas, _ = assemble_canvas(k, origins, image.shape, voxel, margin, lambda i, w: images[i][w])
         cut = segment_cells(canvas, voxel, params)
-        labels.append(cut[:, margin:cut.shape[1] - margin, margin:cut.shape[2] - margin])
-    instances = [(k, int(c)) for k, lab in enumerate(labels) for c in np.unique(lab[lab > 0])]
-    index = {key: n for n, key in enumerate(instances)}
-    find, union = union_find(len(instances))
-    for i in range(len(labels)):
-        for j in range(i + 1, len(labels)):
-            for a, b, _ in shared_instances(labels[i], labels[j], origins[i], origins[j], voxel):
-                union(index[(i, a)], index[(j, b)])
-    merged = []
-    for k, lab in enumerate(labels):
-        lut = np.zeros(int(lab.max()) + 1, np.int64)
-        for (t, c), n in index.items():
-            if t == k:
-                lut[c] = find(n) + 1
-        merged.append(lut[lab])
-    return merged, len({find(n) for n in range(len(instances))})
+        path = folder / f"tile{k:04d}.mfmask"
+        write_masks(path, cut[:, margin:cut.shape[1] - margin, margin:cut.shape[2] - margin], voxel, origins[k])
+        mask_sets.append(read_masks(path))
+    labels = [m.to_labels() for m in mask_sets]
+    cells = merge_cells(mask_sets, lambda t: labels[t])
+    return [cells.global_labels(k, lab) for k, lab in enumerate(labels)], len(cells.table)
 
 
 @pytest.fixture(scope="module")
-def scores(mosaic):
+def scores(mosaic, tmp_path_factory):
     images, truths, origins, voxel = mosaic
     out = {}
     for name, context, params in [("pipeline", DEFAULT_CONTEXT_UM, SegmentationParams()),
                                   ("tile_alone_unmerged", 0.0, SegmentationParams(merge_volume_um3=0.0))]:
-        merged, n_cells = segment_mosaic(images, origins, voxel, context, params)
+        merged, n_cells = segment_mosaic(images, origins, voxel, context, params, tmp_path_factory.mktemp(name))
         out[name] = (mosaic_mean_iou(merged, truths, origins, voxel), n_cells)
     out["n_true"] = len(np.unique(np.concatenate([np.unique(t[t > 0]) for t in truths])))
+    print(out)
     return out
 
 

@@ -41,6 +41,15 @@ class GlobalCells:
     instance_to_cell: dict
     table: pd.DataFrame
 
+    def global_labels(self, tile, labels):
+        """Tile ``tile``'s label volume (or any array of its local labels) in global cell ids (0 stays 0)."""
+        labels = np.asarray(labels)
+        lut = np.zeros(int(labels.max(initial=0)) + 1, np.int64)
+        for (t, local), cell in self.instance_to_cell.items():
+            if t == tile and local < len(lut):
+                lut[local] = cell
+        return lut[labels]
+
 
 def shared_instances(labels_i, labels_j, origin_i_um, origin_j_um, voxel_size_zyx_um, min_shared_fraction=0.5):
     """Pairs (label in i, label in j) that are one cell, from the overlap of two tiles.
@@ -197,8 +206,7 @@ def assign_spots(spots: pd.DataFrame, load_labels, cells: GlobalCells, expand_um
                 found = labels[near[..., 0], near[..., 1], near[..., 2]]
                 first = np.argmax(found > 0, axis=1)
                 local[part] = found[np.arange(len(part)), first]
-        lookup = cells.instance_to_cell
-        out[rows] = [lookup.get((int(t), int(label)), 0) if label else 0 for label in local]
+        out[rows] = cells.global_labels(int(t), local)
     return out
 
 

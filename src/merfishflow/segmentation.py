@@ -404,20 +404,11 @@ def mean_iou(predicted, truth, *, min_voxels=1):
         raise InputError(f"mean_iou: predicted and truth shapes differ: {predicted.shape} vs {truth.shape}")
     t_ids, t_sizes = np.unique(truth[truth > 0], return_counts=True)
     p_ids, p_sizes = np.unique(predicted[predicted > 0], return_counts=True)
-    p_size = dict(zip(p_ids.tolist(), p_sizes.tolist()))
     both = (truth > 0) & (predicted > 0)
     pairs, counts = count_label_pairs(truth[both], predicted[both])
-    best = _best_matches(dict(zip(map(tuple, pairs.T.tolist()), counts.tolist())))
-    values = []
-    for t, size in zip(t_ids.tolist(), t_sizes.tolist()):
-        if size < min_voxels:
-            continue
-        if t in best:
-            c, p = best[t]
-            values.append(c / (size + p_size[p] - c))
-        else:
-            values.append(0.0)
-    return float(np.mean(values)) if values else float("nan")
+    truth_sizes = {t: n for t, n in zip(t_ids.tolist(), t_sizes.tolist()) if n >= min_voxels}
+    return _mean_best_iou(dict(zip(map(tuple, pairs.T.tolist()), counts.tolist())), truth_sizes,
+                          dict(zip(p_ids.tolist(), p_sizes.tolist())))
 
 
 def _best_matches(pair_counts):
@@ -427,6 +418,19 @@ def _best_matches(pair_counts):
         if t not in best or c > best[t][0]:
             best[t] = (c, p)
     return best
+
+
+def _mean_best_iou(pair_counts, truth_sizes, predicted_sizes):
+    """Unweighted mean over the true cells of ``truth_sizes`` of the IoU with their best match; NaN if none."""
+    best = _best_matches(pair_counts)
+    values = []
+    for t, size in sorted(truth_sizes.items()):
+        if t in best:
+            c, p = best[t]
+            values.append(c / (size + predicted_sizes[p] - c))
+        else:
+            values.append(0.0)
+    return float(np.mean(values)) if values else float("nan")
 
 
 def mosaic_overlaps(predicted_tiles, truth_tiles, origins_um, voxel_size_zyx_um):
@@ -495,17 +499,7 @@ def mosaic_mean_iou(predicted_tiles, truth_tiles, origins_um, voxel_size_zyx_um)
     float
         NaN when no true cell is visible.
     """
-    pair_counts, truth_sizes, predicted_sizes = mosaic_overlaps(predicted_tiles, truth_tiles, origins_um,
-                                                                voxel_size_zyx_um)
-    best = _best_matches(pair_counts)
-    values = []
-    for t, size in sorted(truth_sizes.items()):
-        if t in best:
-            c, p = best[t]
-            values.append(c / (size + predicted_sizes[p] - c))
-        else:
-            values.append(0.0)
-    return float(np.mean(values)) if values else float("nan")
+    return _mean_best_iou(*mosaic_overlaps(predicted_tiles, truth_tiles, origins_um, voxel_size_zyx_um))
 
 
 def assignment_accuracy(true_cell, assigned_cell, pair_counts):

@@ -90,6 +90,13 @@ def overlap_slices(position_i_um, position_j_um, shape_zyx, voxel_size_zyx_um, s
     return in_i, in_j
 
 
+# Neighbour band around a tile when segmenting (segmentation.context_um): on
+# the simulator's cells (radius 3.5 µm) 3 µm scored best of 0-6 µm together with
+# fragment merging (docs/masks.md, 'Accuracy'). Here, in a light module, because
+# the workflow reads it at parse time.
+DEFAULT_CONTEXT_UM = 3.0
+
+
 def context_windows(origins_um, center, shape_zyx, voxel_size_zyx_um, margin_yx_px):
     """Which part of every tile falls in a canvas around tile ``center``.
 

@@ -161,6 +161,13 @@ class Pipeline:
     def cell_masks(self, tile: str = TILE_WILDCARD) -> str:
         return str(self.paths.cell_masks(tile))
 
+    @property
+    def segment_context_um(self) -> float:
+        """Width of the neighbours' band a tile is segmented with (``segmentation.context_um``)."""
+        from .stitching import DEFAULT_CONTEXT_UM
+
+        return self.config["segmentation"].get("context_um", DEFAULT_CONTEXT_UM)
+
     def segment_context_tiles(self, tile: str) -> list[str]:
         """Tiles whose images may fall in ``tile``'s segmentation canvas (itself included), in tile order.
 
@@ -168,9 +175,7 @@ class Pipeline:
         for stage errors that global registration corrects; a job reads only
         these tiles' placements and fiducials, not the whole experiment's.
         """
-        from .stages.cells import DEFAULT_CONTEXT_UM
-
-        context_um = self.config["segmentation"].get("context_um", DEFAULT_CONTEXT_UM)
+        context_um = self.segment_context_um
         if not context_um:
             return [tile]
         # Vectorized over tiles: this runs once per segment job when the DAG is built.
@@ -296,11 +301,8 @@ class Pipeline:
     def segment_mem_mb(self, attempt: int = 1) -> int:
         """~42 bytes per voxel of the tile plus its neighbours' band (distance transform, watershed;
         benchmarks/RESULTS.md)."""
-        from .stages.cells import DEFAULT_CONTEXT_UM
-
         z, y, x = self.experiment.image_shape_zyx
-        context_um = self.config["segmentation"].get("context_um", DEFAULT_CONTEXT_UM)
-        band = 2 * int(round(context_um / self.experiment.voxel_size_zyx_um[1]))
+        band = 2 * int(round(self.segment_context_um / self.experiment.voxel_size_zyx_um[1]))
         return int(math.ceil(800 + 45 * z * (y + band) * (x + band) / 2**20)) * attempt
 
     def register_mem_mb(self, attempt: int = 1) -> int:

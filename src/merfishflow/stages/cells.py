@@ -32,14 +32,8 @@ from ..masks import read_masks, write_masks
 from ..naming import round_name
 from ..paths import REGISTERED_DATA, ExperimentPaths
 from ..segmentation import SegmentationParams, segment_cells
-from ..stitching import context_windows
+from ..stitching import DEFAULT_CONTEXT_UM, context_windows
 from .decode import BLANK_PREFIX, read_metadata, spot_schema, write_spot_table
-
-
-# Neighbour band around a tile when segmenting: a bit less than a cell diameter
-# of the simulator's cells (radius 3.5 µm) already gave most of the gain
-# (docs/masks.md, 'Accuracy').
-DEFAULT_CONTEXT_UM = 3.0
 
 
 def fill_from_nearest(canvas, known):
