@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from merfishflow import datastore
-from merfishflow.decoding import DecodingParams, decode_tile, spot_columns
+from merfishflow.decoding import DecodingParams, array_reader, decode_tile, spot_columns
 from merfishflow.errors import InputError
 from merfishflow.evaluation import score_spots
 from merfishflow.metadata import load_experiment
@@ -52,13 +52,11 @@ def registered_tile(tmp_path_factory):
     return {"experiment": experiment, "stack": stack, "truth": truth[truth["tile"] == 0], "bits": bits}
 
 
-def _reader(stack):
-    return lambda z0, z1: stack[:, z0:z1].copy()
 
 
 def _decode(data, params=DecodingParams()):
     experiment, stack = data["experiment"], data["stack"]
-    return decode_tile(_reader(stack), stack.shape[1:], np.array(experiment.codewords),
+    return decode_tile(array_reader(stack), stack.shape[1:], np.array(experiment.codewords),
                        experiment.voxel_size_zyx_um, params)
 
 
@@ -106,11 +104,17 @@ def test_normalization_converges_and_follows_bit_brightness(registered_tile, dec
 
 
 def test_slabs_equal_the_whole_volume_on_the_simulated_tile(registered_tile):
-    # A refinement crop one voxel short of the tile forces the slab path (a tile that fits is read whole).
-    crop = int(np.prod(registered_tile["stack"].shape[1:])) - 1
-    whole = _decode(registered_tile, DecodingParams(slab_planes=64, refine_max_voxels=crop))
-    slabs = _decode(registered_tile, DecodingParams(slab_planes=4, refine_max_voxels=crop))
+    n_voxels = int(np.prod(registered_tile["stack"].shape[1:]))
+    # whole_tile_max_voxels below the tile's size forces the slab path (a tile that fits is read whole).
+    whole = _decode(registered_tile, DecodingParams(slab_planes=64, whole_tile_max_voxels=n_voxels - 1))
+    slabs = _decode(registered_tile, DecodingParams(slab_planes=4, whole_tile_max_voxels=n_voxels - 1))
     _assert_same_spots(whole, slabs)
+    # A refinement crop smaller than the tile: read as a y/x window with the filters' halo on the slab path,
+    # cut from the tile held whole otherwise; the two see the same enhanced crop, so they decode alike.
+    crop = dict(refine_max_voxels=n_voxels // 3)
+    held = _decode(registered_tile, DecodingParams(**crop))
+    windowed = _decode(registered_tile, DecodingParams(slab_planes=4, whole_tile_max_voxels=0, **crop))
+    _assert_same_spots(held, windowed)
     # ... and threads do not change a bit of the result.
     one = _decode(registered_tile, DecodingParams(n_threads=1))
     two = _decode(registered_tile, DecodingParams(n_threads=2))
@@ -153,13 +157,13 @@ def test_slabs_equal_the_whole_volume_with_a_spot_on_the_boundary():
     stack = _synthetic(centres, codes, CODEWORDS)
     voxel = (0.31, 0.108, 0.108)
     params = dict(min_spots_per_bit=1, n_iterations=3)
-    whole = decode_tile(_reader(stack), stack.shape[1:], CODEWORDS, voxel, DecodingParams(slab_planes=12, **params))
-    slabs = decode_tile(_reader(stack), stack.shape[1:], CODEWORDS, voxel, DecodingParams(slab_planes=3, **params))
+    whole = decode_tile(array_reader(stack), stack.shape[1:], CODEWORDS, voxel, DecodingParams(slab_planes=12, **params))
+    slabs = decode_tile(array_reader(stack), stack.shape[1:], CODEWORDS, voxel, DecodingParams(slab_planes=3, **params))
     _assert_same_spots(whole, slabs)
     # The slab path (the tile does not fit the refinement crop) with the same normalization.
-    crop = dict(params, refine_max_voxels=int(np.prod(stack.shape[1:])) - 1)
-    whole = decode_tile(_reader(stack), stack.shape[1:], CODEWORDS, voxel, DecodingParams(slab_planes=12, **crop))
-    slabs = decode_tile(_reader(stack), stack.shape[1:], CODEWORDS, voxel, DecodingParams(slab_planes=3, **crop))
+    crop = dict(params, whole_tile_max_voxels=int(np.prod(stack.shape[1:])) - 1)
+    whole = decode_tile(array_reader(stack), stack.shape[1:], CODEWORDS, voxel, DecodingParams(slab_planes=12, **crop))
+    slabs = decode_tile(array_reader(stack), stack.shape[1:], CODEWORDS, voxel, DecodingParams(slab_planes=3, **crop))
     _assert_same_spots(whole, slabs)
     spots = whole.spots
     assert sorted(spots["barcode_id"]) == codes
@@ -178,7 +182,7 @@ def test_empty_tile_gives_an_empty_table(fill):
         stack = np.zeros((8, *shape), np.float32)
     else:
         stack = np.random.default_rng(0).poisson(20.0, size=(8, *shape)).astype(np.float32)
-    result = decode_tile(_reader(stack), shape, CODEWORDS, (0.31, 0.108, 0.108))
+    result = decode_tile(array_reader(stack), shape, CODEWORDS, (0.31, 0.108, 0.108))
     assert len(result.spots) == 0
     assert list(result.spots.columns) == spot_columns(8)
     assert result.spots["barcode_id"].dtype == np.int32 and result.spots["z_px"].dtype == np.float64
@@ -188,9 +192,9 @@ def test_empty_tile_gives_an_empty_table(fill):
 def test_codebook_and_image_bit_counts_must_agree():
     stack = np.zeros((8, 4, 16, 16), np.float32)
     with pytest.raises(InputError, match=r"codebook has 5 bits"):
-        decode_tile(_reader(stack), stack.shape[1:], CODEWORDS[:, :5], (0.31, 0.108, 0.108))
+        decode_tile(array_reader(stack), stack.shape[1:], CODEWORDS[:, :5], (0.31, 0.108, 0.108))
     with pytest.raises(InputError, match="only 0 and 1"):
-        decode_tile(_reader(stack), stack.shape[1:], CODEWORDS * 2, (0.31, 0.108, 0.108))
+        decode_tile(array_reader(stack), stack.shape[1:], CODEWORDS * 2, (0.31, 0.108, 0.108))
     with pytest.raises(InputError, match="distance_threshold"):
         DecodingParams(distance_threshold=2.0)
 
@@ -200,6 +204,47 @@ def test_decoding_is_deterministic(registered_tile, decoded):
     assert decoded.spots.to_numpy().tobytes() == again.spots.to_numpy().tobytes()
     assert decoded.scale.tobytes() == again.scale.tobytes()
     assert DecodingParams(**DecodingParams().to_dict()) == DecodingParams()
+
+
+@pytest.mark.parametrize("window", [(40, 100, 36, 90), (0, 50, 20, 131)])
+def test_a_window_with_the_filter_halo_enhances_like_the_whole_plane(window):
+    """What the refinement crop of a large tile relies on: enhancing a y/x window grown by
+    ``_filter_halo_yx`` gives the whole plane's values inside the window (float32 rounding aside)."""
+    from merfishflow.decoding import _filter_halo_yx, _sigmas_px, enhance_bits
+
+    params = DecodingParams()
+    sig = _sigmas_px(params, (0.31, 0.108, 0.108))
+    h = _filter_halo_yx(sig, params.truncate)
+    assert h % params.background_downsample == 0
+    rng = np.random.default_rng(3)
+    vol = rng.poisson(20.0, size=(2, 5, 140, 131)).astype(np.float32)
+    vol[:, 2, 60:64, 50:54] += 500
+    whole = enhance_bits(vol.copy(), (0, 5), sig, params.truncate).copy()
+    y0, y1, x0, x1 = window
+    wy0, wy1, wx0, wx1 = max(0, y0 - h), min(140, y1 + h), max(0, x0 - h), min(131, x1 + h)
+    part = enhance_bits(vol[:, :, wy0:wy1, wx0:wx1].copy(), (0, 5), sig, params.truncate)
+    np.testing.assert_allclose(part[:, :, y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0], whole[:, :, y0:y1, x0:x1],
+                               rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("downsample", [1, 4])
+def test_enhancement_without_lowpass_subtracts_the_background(downsample):
+    """The background is subtracted row block by row block into the slab; without a low-pass the slab is also
+    its input, which must not be overwritten first."""
+    from scipy import ndimage as ndi
+
+    from merfishflow.decoding import _background, _sigmas_px, enhance_bits
+
+    params = DecodingParams(lowpass_sigma_zyx_um=(0, 0, 0), background_downsample=downsample)
+    sig = _sigmas_px(params, (0.31, 0.108, 0.108))
+    vol = np.random.default_rng(1).poisson(20.0, size=(2, 4, 64, 60)).astype(np.float32)
+    got = enhance_bits(vol.copy(), (0, 4), sig, params.truncate)
+    if downsample == 1:
+        sbg = sig["background_yx"]
+        want = vol - ndi.gaussian_filter(vol.astype(np.float64), (0, 0, sbg, sbg), truncate=params.truncate)
+    else:
+        want = np.stack([b - _background(b, sig["background_yx"], downsample, params.truncate) for b in vol])
+    np.testing.assert_allclose(got, np.maximum(want, 0), rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("shape", [(3, 128, 128), (2, 130, 127)])

@@ -3,7 +3,7 @@
 Pure functions in the style of scikit-image: arrays in, a table out, no file
 I/O and nothing Snakemake-specific. The single entry point is
 :func:`decode_tile`; the registered bit images come through a callable
-``read_bits(z0, z1) -> float32 (n_bits, z1 - z0, Y, X)`` so that the caller
+``read_bits(z0, z1, window=None) -> float32 (n_bits, z1 - z0, Y, X)`` so that the caller
 can stream them from the datastore (tensorstore) and a 100 x 2048 x 2048
 tile with 16 bits is never held whole.
 
@@ -29,9 +29,12 @@ Algorithm
    requested variance (:func:`_background`; within 5 % of the exact
    Gaussian's spread inside the tile, 25 % at its border): a sixteenth of the
    work of the 2 x 35-tap exact filter, which had been ~60 % of the filter
-   time. The z and y Gaussians and the background's interpolation back to
+   time. The z, y and x Gaussians and the background's interpolation back to
    the pixels are products with banded matrices (BLAS sgemm,
-   :func:`_apply_axis0`), the x Gaussian is scipy's. The bits are filtered in
+   :func:`_apply_axis0`, :func:`_apply_last_axis`; equal to scipy.ndimage's
+   filters up to float32 rounding, tested), and the background is subtracted
+   block of rows by block of rows as it is interpolated, while both are in
+   the CPU cache. The bits are filtered in
    ``n_threads`` threads (0 = the CPUs this process may use; scipy.ndimage
    and BLAS release the GIL; one BLAS thread each), each into its own
    buffers, so the result does not depend on the thread count (nor on the
@@ -52,9 +55,13 @@ Algorithm
    the scale: that feedback let noise pull the scales down. A bit with fewer
    than ``min_spots_per_bit`` spots keeps its previous value. The
    refinement runs on a central y/x crop of at most ``refine_max_voxels``
-   voxels (every plane), whose enhanced images are cached; when the whole
-   tile fits, it is read in one piece and filtered in place (no slabs, no
-   copy), and the final decode uses it too (one filter pass in all).
+   (2^22) voxels, every plane. A tile of at most ``whole_tile_max_voxels``
+   (2^24) is read in one piece and filtered in place (no slabs, no copy); the
+   crop is a view of it, and the final decode uses it too: one filter pass
+   in all. A larger tile's crop is read as a y/x window grown by the
+   filters' reach (:func:`_filter_halo_yx`, 28 pixels at the defaults, so its
+   enhanced values are the whole tile's: tested) and filtered alone, then
+   the tile is decoded slab by slab: 1 + (crop + halo) / tile filter passes.
 3. **Pixel decoding**: the magnitude ``|x|`` (L2) of every voxel; voxels with
    ``|x| >= magnitude_threshold`` are L2-normalized and multiplied (BLAS
    sgemm, in chunks of ``chunk_pixels``) by the L2-normalized codewords; the
@@ -113,11 +120,11 @@ Algorithm
 
 Memory
 ------
-About ``4 * n_bits * (slab_planes + 2 * halo) * Y * X`` bytes for the slab
-(``read_bits``' array is filtered in place), ``4 * n_bits *
-min(refine_max_voxels, Z * Y * X)`` bytes of refinement cache (a tile that
-fits is only that: it is the slab), two single-bit slab buffers per filter
-thread, and ``~4 * n_bits + 40`` bytes per decoded voxel
+A tile of at most ``whole_tile_max_voxels`` voxels: ``4 * n_bits * Z * Y *
+X`` bytes (``read_bits``' array, filtered in place). A larger one: ``4 *
+n_bits * (slab_planes + 2 * halo) * Y * X`` bytes for the slab and ``4 *
+n_bits * refine_max_voxels`` bytes of refinement crop. Both: two single-bit
+slab buffers per filter thread, and ``~4 * n_bits + 40`` bytes per decoded voxel
 (about 1 % of the voxels in dense tissue). Measured: see benchmarks/RESULTS.md
 ("Pixel decoding").
 """
@@ -136,7 +143,7 @@ from scipy import ndimage as ndi
 
 from .errors import InputError
 
-__all__ = ["DecodeResult", "DecodingParams", "decode_tile", "enhance_bits", "spot_columns"]
+__all__ = ["DecodeResult", "DecodingParams", "array_reader", "decode_tile", "enhance_bits", "spot_columns"]
 
 # Columns of the spot sums carried between slabs (float64), then the per-bit intensity sums.
 _AREA, _SW, _SWZ, _SWY, _SWX, _SD, _NFIX = 0, 1, 2, 3, 4, 5, 6
@@ -189,6 +196,10 @@ class DecodingParams:
         Initial scale: median of the enhanced voxels above this many noise SDs.
     refine_max_voxels : int
         Voxels (all planes x a central y/x crop) used for the refinement.
+    whole_tile_max_voxels : int
+        A tile of at most this many voxels is read and filtered once, kept whole in memory (``4 n_bits``
+        bytes per voxel) and both refined and decoded from there; a larger one is read twice: the
+        refinement crop (with its filters' y/x halo), then slab by slab.
     background_downsample : int
         The background Gaussian is computed on blocks of this many pixels squared (1 = exact).
     n_threads : int
@@ -221,7 +232,8 @@ class DecodingParams:
     convergence_tol: float = 0.02
     min_spots_per_bit: int = 10
     init_snr: float = 8.0
-    refine_max_voxels: int = 2**24
+    refine_max_voxels: int = 2**22
+    whole_tile_max_voxels: int = 2**24
     background_downsample: int = 4
     n_threads: int = 0
     slab_planes: int = 8
@@ -255,6 +267,7 @@ class DecodingParams:
         need(self.min_spots_per_bit >= 1, "min_spots_per_bit", "an integer >= 1")
         need(self.init_snr > 0, "init_snr", "a float > 0")
         need(self.refine_max_voxels >= 1, "refine_max_voxels", "an integer >= 1")
+        need(self.whole_tile_max_voxels >= 0, "whole_tile_max_voxels", "an integer >= 0")
         need(self.background_downsample >= 1, "background_downsample", "an integer >= 1")
         need(self.n_threads >= 0, "n_threads", "an integer >= 0")
         need(self.slab_planes >= 1, "slab_planes", "an integer >= 1")
@@ -386,7 +399,7 @@ def _linear_weights(n_full, n_small, f):
     return i0, i1, w1
 
 
-def _background(core, sbg, f, truncate, out=None, tmp=None):
+def _background(core, sbg, f, truncate, out=None, tmp=None, subtract=False):
     """The per-plane 2D Gaussian (sigma ``sbg`` px) of ``core`` (nz, Y, X), computed on f x f blocks.
 
     The background is smooth (sigma 5.6 px at the defaults), so it is estimated on the f x f block means,
@@ -395,9 +408,19 @@ def _background(core, sbg, f, truncate, out=None, tmp=None):
     requested variance ``sbg^2``, and interpolated linearly back: ~1/f^2 of the Gaussian's work instead of
     2 x (2 truncate sbg + 1) multiply-adds per voxel. ``f = 1``: the exact Gaussian. ``out`` and ``tmp``
     (float32, the shape of ``core``) are reused if given: fresh large arrays cost page faults.
+
+    ``subtract=True``: return ``max(0, core - background)`` instead (the enhanced image), each block of
+    rows subtracted as soon as its background is interpolated, while both are in the CPU cache.
     """
     if f <= 1 or sbg * sbg <= (f * f - 1) / 4:
-        return ndi.gaussian_filter(core, (0, sbg, sbg), mode="reflect", truncate=truncate)
+        bg = ndi.gaussian_filter(core, (0, sbg, sbg), mode="reflect", truncate=truncate)
+        if subtract:
+            np.subtract(core, bg, out=bg)
+            np.maximum(bg, 0, out=bg)
+            if out is not None:
+                out[...] = bg
+                return out
+        return bg
     small = _block_mean(core, f)
     s_small = math.sqrt(sbg * sbg - (f * f - 1) / 4) / f
     ndi.gaussian_filter(small, (0, s_small, s_small), output=small, mode="reflect", truncate=truncate)
@@ -416,7 +439,11 @@ def _background(core, sbg, f, truncate, out=None, tmp=None):
         np.matmul(s2[:, k0:k1], rxt[k0:k1, c0:c1], out=wide[:, c0:c1])
     wide = wide.reshape(nz, ny, X)
     for r0, r1, k0, k1 in y_blocks:
-        np.matmul(ry[r0:r1, k0:k1], wide[:, k0:k1], out=out[:, r0:r1])
+        rows = out[:, r0:r1]
+        np.matmul(ry[r0:r1, k0:k1], wide[:, k0:k1], out=rows)
+        if subtract:
+            np.subtract(core[:, r0:r1], rows, out=rows)
+            np.maximum(rows, 0, out=rows)
     return out
 
 
@@ -485,6 +512,26 @@ def _apply_axis0(op, radius, src, dst, rows=None, block=16):
         np.matmul(op[r0:r1, c0:c1], s2[c0:c1], out=d2[r0 - a:r1 - a])
 
 
+@functools.lru_cache(maxsize=16)
+def _band_operator_t(n, sigma, truncate):
+    """``_band_operator(n, sigma, truncate).T``, C-contiguous (its column blocks are what BLAS reads fastest:
+    1.4 ms per 1024^2 plane, against 2.5 ms for the transposed view and for scipy.ndimage)."""
+    op = np.ascontiguousarray(_band_operator(n, sigma, truncate).T)
+    op.setflags(write=False)
+    return op
+
+
+def _apply_last_axis(opt, radius, src, dst, block=16):
+    """``dst = src @ opt`` with ``opt`` from :func:`_band_operator_t`: the Gaussian along the last axis of a
+    2D ``src``, each ``block`` of output columns one sgemm with the ``block + 2 radius`` input columns it
+    depends on (as :func:`_apply_axis0`)."""
+    n = src.shape[1]
+    for c0 in range(0, n, block):
+        c1 = min(n, c0 + block)
+        k0, k1 = max(0, c0 - radius), min(n, c1 + radius)
+        np.matmul(src[:, k0:k1], opt[k0:k1, c0:c1], out=dst[:, c0:c1])
+
+
 def _enhance_one(vol, z_core, sigmas, truncate, buffers, ops):
     """Filter one bit's slab ``vol`` (nz, Y, X); the result is left in ``vol[a:b]``.
 
@@ -518,15 +565,19 @@ def _enhance_one(vol, z_core, sigmas, truncate, buffers, ops):
             cur = dst
         if sx > 0:
             dst = p1 if cur is not p1 else p2
-            ndi.gaussian_filter1d(cur, sx, axis=2, output=dst, mode="reflect", truncate=truncate)
+            _apply_last_axis(ops["x"], ops["rx"], cur[0], dst[0])
             cur = dst
         if sbg > 0:
-            scratch = p2 if cur is p1 else p1
-            bg = _background(cur, sbg, f, truncate, scratch, None)
-            np.subtract(cur, bg, out=target)
-        elif cur is not target:
-            target[...] = cur
-        np.maximum(target, 0, out=target)
+            # Straight into the slab, unless ``cur`` is the slab itself (no low-pass): the background's rows
+            # would overwrite it before it is subtracted.
+            aliased = np.may_share_memory(cur, target)
+            enhanced = _background(cur, sbg, f, truncate, None if aliased else target, subtract=True)
+            if aliased:
+                target[...] = enhanced
+        else:
+            if not np.may_share_memory(cur, target):
+                target[...] = cur
+            np.maximum(target, 0, out=target)
 
 
 def enhance_bits(stack, z_core, sigmas: dict, truncate: float, n_threads: int = 1):
@@ -552,7 +603,7 @@ def enhance_bits(stack, z_core, sigmas: dict, truncate: float, n_threads: int = 
     """
     n = stack.shape[0]
     workers = max(1, min(n_threads, n))
-    sz, sy, _ = sigmas["lowpass_zyx"]
+    sz, sy, sx = sigmas["lowpass_zyx"]
     ops = {}
     if sz > 0 and stack.shape[1] > 1:
         ops["z"] = _band_operator(stack.shape[1], float(sz), float(truncate))
@@ -560,6 +611,9 @@ def enhance_bits(stack, z_core, sigmas: dict, truncate: float, n_threads: int = 
     if sy > 0:
         ops["y"] = _band_operator(stack.shape[2], float(sy), float(truncate))
         ops["ry"] = int(truncate * float(sy) + 0.5)
+    if sx > 0:
+        ops["x"] = _band_operator_t(stack.shape[3], float(sx), float(truncate))
+        ops["rx"] = int(truncate * float(sx) + 0.5)
     # Bit k goes to worker k % workers, which reuses its own buffers.
     def run(w):
         buffers = []
@@ -585,25 +639,17 @@ def _initial_normalization(cache, init_snr, max_samples=2**20):
     """Initial (scale, background): medians over a regular subsample of at most ``max_samples`` voxels per bit.
 
     The medians only seed the refinement; a regular subsample (deterministic) estimates them well and
-    avoids sorting the whole tile. It is made of runs of ``run`` consecutive voxels, the ``i``-th taken at
-    run ``i step + i % step`` (the offset rotates, so that the runs do not all fall on the same columns), so
-    that only the sampled memory is read (a voxel-strided sample reads every cache line).
+    avoids sorting the whole tile. It is made of whole image rows (every ``step``-th (z, y) row), so that
+    only the sampled memory is read (a voxel-strided sample reads every cache line) and ``cache`` may be a
+    strided view (the refinement crop of a tile held whole) without being copied.
     """
-    n_bits = cache.shape[0]
+    n_bits, nz, ny, nx = cache.shape
     scale = np.ones(n_bits)
-    n = int(np.prod(cache.shape[1:]))
-    step = max(1, -(-n // max_samples))
-    run = 256
-    m = n // run
-    if step > 1 and m >= step:
-        k = np.arange(-(-m // step))
-        picks = k * step + k % step
-        picks = picks[picks < m]
+    n_rows = nz * ny
+    step = max(1, -(-n_rows * nx // max_samples))
+    z_rows, y_rows = np.divmod(np.arange(0, n_rows, step), ny)
     for b in range(n_bits):
-        if step > 1 and m >= step:
-            flat = cache[b].reshape(-1)[:m * run].reshape(m, run)[picks].reshape(-1)
-        else:
-            flat = cache[b].reshape(-1)[::step]
+        flat = cache[b][z_rows, y_rows].reshape(-1)
         v = flat[flat > 0]
         if v.size == 0:
             continue
@@ -653,38 +699,42 @@ class _VoxelCollector:
         self.chunks = []
 
     def _decode_pixels(self, enh):
-        """Per decoded voxel of the slab: flat index, barcode, distance, magnitude, enhanced trace; magnitude map."""
-        B = self.n_bits
-        mag2 = np.empty(enh.shape[1:], np.float32)
-        flat_e = enh.reshape(B, -1)
-        flat_m = mag2.reshape(-1)
-        n_vox = flat_m.size
-        # All bits at once on blocks of voxels small enough to stay in the CPU cache (16 bits x 2^14 voxels =
+        """Per decoded voxel of the slab: flat index, barcode, distance, magnitude, enhanced trace; magnitude map.
+
+        ``enh`` (n_bits, nz, Y, X) may be a strided view (the refinement crop of a tile held whole): it is
+        read in blocks of rows, never copied whole.
+        """
+        B, nz, Y, X = enh.shape
+        mag2 = np.empty((nz, Y, X), np.float32)
+        # All bits at once on blocks of rows small enough to stay in the CPU cache (16 bits x 2^14 voxels =
         # 1 MB): max(0, e - background)^2 per bit, then the sum weighted by 1 / scale^2 as one sgemv.
-        step = max(1, min(n_vox, 2**18 // B))
-        tmp = np.empty((B, step), np.float32)
-        bg = self.background[:, None]
+        rows = max(1, min(Y, 2**18 // (B * X)))
+        tmp = np.empty((B, rows * X), np.float32)
+        bg = self.background[:, None, None]
         inv2 = (1.0 / self.scale.astype(np.float64) ** 2).astype(np.float32)
-        for s in range(0, n_vox, step):
-            n = min(step, n_vox - s)
-            t = tmp[:, :n]
-            np.subtract(flat_e[:, s:s + n], bg, out=t)
-            np.maximum(t, 0, out=t)
-            np.multiply(t, t, out=t)
-            np.matmul(inv2, t, out=flat_m[s:s + n])
+        for z in range(nz):
+            for r0 in range(0, Y, rows):
+                r1 = min(Y, r0 + rows)
+                t = tmp[:, :(r1 - r0) * X]
+                t3 = t.reshape(B, r1 - r0, X)
+                np.subtract(enh[:, z, r0:r1], bg, out=t3)
+                np.maximum(t, 0, out=t)
+                np.multiply(t, t, out=t)
+                np.matmul(inv2, t, out=mag2[z, r0:r1].reshape(-1))
         del tmp
         magmap = np.sqrt(mag2, out=mag2)
         thr = np.float32(self.params.magnitude_threshold)
         flat_mag = magmap.ravel()
         cand = np.flatnonzero(flat_mag >= thr) if thr > 0 else np.flatnonzero(flat_mag > 0)
-        flat_e = enh.reshape(B, -1)
         out = {"idx": [], "code": [], "dist": [], "mag": [], "trace": []}
         dthr = self.params.distance_threshold
         step = self.params.chunk_pixels
         inv_scale = (1.0 / self.scale).astype(np.float32)
         for s in range(0, cand.size, step):
             idx = cand[s:s + step]
-            raw = flat_e[:, idx].T  # (P, B) enhanced
+            zc, rem = np.divmod(idx, Y * X)
+            yc, xc = np.divmod(rem, X)
+            raw = enh[:, zc, yc, xc].T  # (P, B) enhanced
             x = np.maximum((raw - self.background) * inv_scale, 0)
             mag = flat_mag[idx]
             x /= mag[:, None]
@@ -1010,6 +1060,41 @@ def _decode_source(get_slab, n_planes, shape_yx, codewords, scale, background, p
     return _table(stats, codes, peaks, codewords.shape[1], params, shape)
 
 
+def _filter_halo_yx(sig, truncate):
+    """Pixels of y/x context the enhancement needs so that a window's inner values equal the whole tile's:
+    the low-pass's radius plus the background's (its block-mean Gaussian and the interpolation back), a
+    multiple of the background's block size so that the window's blocks are the tile's."""
+    f = max(1, int(sig["background_downsample"]))
+    r_lp = max(int(truncate * s + 0.5) for s in sig["lowpass_zyx"][1:])
+    sbg = sig["background_yx"]
+    if sbg <= 0:
+        r_bg = 0
+    elif f <= 1 or sbg * sbg <= (f * f - 1) / 4:
+        r_bg = int(truncate * sbg + 0.5)
+    else:
+        s_small = math.sqrt(sbg * sbg - (f * f - 1) / 4) / f
+        r_bg = f * (int(truncate * s_small + 0.5) + 2)
+    return -(-(r_lp + r_bg) // f) * f
+
+
+def _refinement_window(shape, max_voxels, sig, truncate):
+    """The refinement crop ``(y0, y1, x0, x1)``: every plane, a central y/x window of at most ``max_voxels``
+    voxels starting on a background block; and the window to read for it (with :func:`_filter_halo_yx`)."""
+    Z, Y, X = shape
+    side = max(1, int(math.isqrt(max(1, max_voxels // Z))))
+    cy, cx = min(Y, side), min(X, side)
+    if cy == Y and cx < X:
+        cx = min(X, max(1, max_voxels // (Z * Y)))
+    if cx == X and cy < Y:
+        cy = min(Y, max(1, max_voxels // (Z * X)))
+    f = max(1, int(sig["background_downsample"]))
+    y0 = (Y - cy) // 2 // f * f if cy < Y else 0
+    x0 = (X - cx) // 2 // f * f if cx < X else 0
+    h = _filter_halo_yx(sig, truncate)
+    crop = (y0, y0 + cy, x0, x0 + cx)
+    return crop, (max(0, y0 - h), min(Y, y0 + cy + h), max(0, x0 - h), min(X, x0 + cx + h))
+
+
 # entry point -----------------------------------------------------------------------------------
 def decode_tile(read_bits: Callable, shape_zyx, codewords, voxel_size_zyx_um, params: DecodingParams = DecodingParams(),
                 progress: Callable | None = None) -> DecodeResult:
@@ -1018,10 +1103,14 @@ def decode_tile(read_bits: Callable, shape_zyx, codewords, voxel_size_zyx_um, pa
     Parameters
     ----------
     read_bits : callable
-        ``read_bits(z0, z1)`` returns the registered images of planes
-        ``z0:z1`` of every bit, float32-convertible array ``(n_bits, z1 - z0,
-        Y, X)``, bits in codebook-column order. It must return a **new** array:
-        the decoder filters it in place.
+        ``read_bits(z0, z1, window=None)`` returns the registered images of
+        planes ``z0:z1`` of every bit, float32-convertible array ``(n_bits,
+        z1 - z0, Y, X)``, bits in codebook-column order; with ``window = (y0,
+        y1, x0, x1)`` only that y/x window, ``(n_bits, z1 - z0, y1 - y0, x1 -
+        x0)`` (asked for only when the tile has more than
+        ``whole_tile_max_voxels`` voxels). It must return a **new** array: the
+        decoder filters it in place. :func:`array_reader` makes one for an
+        array in memory.
     shape_zyx : tuple of 3 int
         Shape of one bit image (Z, Y, X).
     codewords : array-like (n_codewords, n_bits) of 0/1
@@ -1045,6 +1134,18 @@ def decode_tile(read_bits: Callable, shape_zyx, codewords, voxel_size_zyx_um, pa
         return _decode_tile(read_bits, shape_zyx, codewords, voxel_size_zyx_um, params, progress)
 
 
+def array_reader(stack) -> Callable:
+    """``read_bits`` for :func:`decode_tile` from an array-like ``(n_bits, Z, Y, X)`` already in memory
+    (numpy, or anything sliced the same way): each call returns a fresh float32 copy of the region."""
+    def read_bits(z0, z1, window=None):
+        if window is None:
+            return np.array(stack[:, z0:z1], dtype=np.float32)
+        y0, y1, x0, x1 = window
+        return np.array(stack[:, z0:z1, y0:y1, x0:x1], dtype=np.float32)
+
+    return read_bits
+
+
 def _decode_tile(read_bits, shape_zyx, codewords, voxel_size_zyx_um, params, progress):
     codewords = np.asarray(codewords)
     if codewords.ndim != 2 or codewords.shape[0] < 1 or codewords.shape[1] < 1:
@@ -1066,41 +1167,44 @@ def _decode_tile(read_bits, shape_zyx, codewords, voxel_size_zyx_um, params, pro
     halo = sig["halo_z"]
     threads = _n_threads(params, n_bits)
 
-    def read_enhanced(z0, z1):
+    def read_enhanced(z0, z1, window=None):
+        """Planes z0:z1 enhanced (read with the z halo); ``window`` (y0, y1, x0, x1): only that y/x window."""
         a, b = max(0, z0 - halo), min(Z, z1 + halo)
-        stack = np.asarray(read_bits(a, b))
-        if stack.shape != (n_bits, b - a, Y, X):
+        if window == (0, Y, 0, X):
+            window = None
+        stack = np.asarray(read_bits(a, b) if window is None else read_bits(a, b, window))
+        wy, wx = (Y, X) if window is None else (window[1] - window[0], window[3] - window[2])
+        if stack.shape != (n_bits, b - a, wy, wx):
             raise InputError(
-                f"read_bits({a}, {b}) returned shape {stack.shape}; expected {(n_bits, b - a, Y, X)} "
-                f"(the codebook has {n_bits} bits, the tile is {shape})")
+                f"read_bits({a}, {b}{'' if window is None else f', {window}'}) returned shape {stack.shape}; "
+                f"expected {(n_bits, b - a, wy, wx)} (the codebook has {n_bits} bits, the tile is {shape})")
         if stack.dtype != np.float32 or not stack.flags.writeable or not stack.flags.c_contiguous:
             stack = np.array(stack, dtype=np.float32, order="C")
         return enhance_bits(stack, (z0 - a, z1 - a), sig, params.truncate, threads)
 
-    # Refinement crop: every plane, a central y/x window of at most refine_max_voxels voxels.
-    side = max(1, int(math.isqrt(max(1, params.refine_max_voxels // Z))))
-    cy, cx = min(Y, side), min(X, side)
-    if cy == Y and cx < X:
-        cx = min(X, max(1, params.refine_max_voxels // (Z * Y)))
-    if cx == X and cy < Y:
-        cy = min(Y, max(1, params.refine_max_voxels // (Z * X)))
-    y0, x0 = (Y - cy) // 2, (X - cx) // 2
-    whole = (cy, cx) == (Y, X)
+    (y0, y1, x0, x1), window = _refinement_window(shape, params.refine_max_voxels, sig, params.truncate)
+    cy, cx = y1 - y0, x1 - x0
+    whole = Z * Y * X <= params.whole_tile_max_voxels
     if whole:
-        # The tile fits the cache: read it once and filter it in place (no halo, no slab copies). Equal to
-        # the slabs: a slab's halo gives each of its planes the same z neighbourhood as the whole volume.
-        cache = read_enhanced(0, Z)
+        # The tile is read once and filtered in place (no halo, no slab copies), and the refinement crop is
+        # cut from it. Equal to the slabs: a slab's halo gives each of its planes the same z neighbourhood
+        # as the whole volume.
+        tile_cache = read_enhanced(0, Z)
         if progress is not None:
             progress(f"enhanced planes 0-{Z - 1} of {Z}")
+        cache = tile_cache[:, :, y0:y1, x0:x1]  # a view: decoded in row blocks (_VoxelCollector), not copied
     else:
+        # Only the crop (with the filters' y/x halo) is read and filtered for the refinement; the final decode
+        # reads the whole tile again, slab by slab.
         cache = np.empty((n_bits, Z, cy, cx), np.float32)
+        wy0, wx0 = window[0], window[2]
         for z0 in range(0, Z, params.slab_planes):
             z1 = min(z0 + params.slab_planes, Z)
-            enh = read_enhanced(z0, z1)
-            cache[:, z0:z1] = enh[:, :, y0:y0 + cy, x0:x0 + cx]
+            enh = read_enhanced(z0, z1, window)
+            cache[:, z0:z1] = enh[:, :, y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]
             del enh
             if progress is not None:
-                progress(f"enhanced planes {z0}-{z1 - 1} of {Z}")
+                progress(f"enhanced planes {z0}-{z1 - 1} of {Z} (refinement crop)")
 
     def from_cache(z0, z1):
         return cache[:, z0:z1]
@@ -1124,11 +1228,11 @@ def _decode_tile(read_bits, shape_zyx, codewords, voxel_size_zyx_um, params, pro
     history.append({"iteration": len(history), "scale": scale.tolist(), "background": background.tolist(),
                     "n_spots": None, "max_rel_change": None})
 
+    del cache
     if whole:
-        spots, _, n_rejected = _decode_source(from_cache, Z, (Y, X), codewords, scale, background, params,
-                                              progress)
+        spots, _, n_rejected = _decode_source(lambda z0, z1: tile_cache[:, z0:z1], Z, (Y, X), codewords, scale,
+                                              background, params, progress)
     else:
-        del cache
         spots, _, n_rejected = _decode_source(read_enhanced, Z, (Y, X), codewords, scale, background, params,
                                            progress)
     return DecodeResult(spots=spots, scale=np.asarray(scale, np.float64), background=np.asarray(background, np.float64),

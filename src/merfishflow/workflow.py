@@ -285,14 +285,18 @@ class Pipeline:
         return int(math.ceil(5 + work / 2e6 / 60)) * attempt
 
     def decode_mem_mb(self, attempt: int = 1) -> int:
-        """A slab (with its z halo) of every bit in float32 a few times over, plus the refinement crop."""
+        """The whole tile of every bit in float32 if it is decoded whole, else a slab (with its z halo) a few
+        times over plus the refinement crop (merfishflow.decoding, "Memory")."""
         from .decoding import DecodingParams
 
         params = DecodingParams(**self.config["decoding"])
         z, y, x = self.experiment.image_shape_zyx
-        slab = (min(z, params.slab_planes) + 6) * y * x * self.experiment.n_bits * 4
-        crop = min(params.refine_max_voxels, self._voxels) * self.experiment.n_bits * 4
-        return int(math.ceil(800 + (4 * slab + crop) / 2**20)) * attempt
+        per_voxel = self.experiment.n_bits * 4
+        if self._voxels <= params.whole_tile_max_voxels:
+            held = 2 * self._voxels * per_voxel
+        else:
+            held = 4 * (min(z, params.slab_planes) + 6) * y * x * per_voxel + params.refine_max_voxels * per_voxel
+        return int(math.ceil(800 + held / 2**20)) * attempt
 
     def decode_runtime_min(self, attempt: int = 1) -> int:
         """Bits x voxels at 5 Mvoxel-bits/s (benchmarks/RESULTS.md)."""
