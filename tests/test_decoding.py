@@ -22,8 +22,8 @@ from merfishflow.stages.register import register_tile
 # Default physics (voxel 0.31 x 0.108 x 0.108 um, NA 1.3, 4000 photons, shifts and deformation on);
 # one tile to save time.
 SIMULATION = {"seed": 1, "n_tiles_yx": [1, 1]}
-# Measured with the defaults on this tile (99 molecules in the stack): F1 0.985 (P 1.000, R 0.970) with molecules
-# just outside the stack as "don't care" (merfishflow.evaluation); strict F1 0.946. See benchmarks/RESULTS.md.
+# Measured with the defaults on this tile (99 molecules in the stack): F1 0.979 (P 1.000, R 0.960) with molecules
+# just outside the stack as "don't care" (merfishflow.evaluation); strict F1 0.945. See benchmarks/RESULTS.md.
 F1_FLOOR = 0.90
 F1_TARGET = 0.97
 
