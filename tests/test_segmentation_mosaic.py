@@ -70,16 +70,19 @@ def scores(mosaic, tmp_path_factory):
 
 
 def test_context_and_merging_beat_the_lone_tile_watershed(scores):
-    """Measured (seed 5): 0.603 and 68 cells (68 true) vs 0.588 and 88 cells for each tile alone, unmerged
-    (seed 7: 0.500 / 74 cells vs 0.481 / 103, 80 true)."""
+    """Measured (seed 5): 0.615 and 73 cells (68 true) vs 0.571 and 99 cells for each tile alone, unmerged
+    (seed 7: 0.581 / 104 cells vs 0.544 / 103, 80 true). With distance seeds only (nucleus_log_contrast
+    0, the method before nucleus markers): seed 5 0.603 / 68 cells vs 0.588 / 88; seed 7 0.500 / 74 vs
+    0.481 / 103."""
     pipeline, alone = scores["pipeline"], scores["tile_alone_unmerged"]
     assert pipeline[0] >= alone[0]
-    assert pipeline[0] >= 0.58
+    assert pipeline[0] >= 0.60
     # Oversegmentation is what merging removes: the cell count moves to the truth.
     assert abs(pipeline[1] - scores["n_true"]) < 0.5 * abs(alone[1] - scores["n_true"])
 
 
-@pytest.mark.xfail(strict=False, reason="issue 5 target not reached: measured 0.603 here; see docs/masks.md, 'Accuracy'")
+@pytest.mark.xfail(strict=False, reason="issue 5 target not reached: measured 0.615 here (0.603 before nucleus "
+                                        "markers); see docs/masks.md, 'Accuracy'")
 def test_mosaic_mean_iou_target(scores):
     assert scores["pipeline"][0] >= 0.7
 

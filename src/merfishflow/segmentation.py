@@ -19,21 +19,41 @@ The default method (``"watershed"``) needs no GPU and no model download:
    plane, a ``threshold_fraction`` of the way from that plane's dim-class
    median to its bright-class median (0.5 = half maximum).
 3. **Fill holes** (dim nuclei inside bright cytoplasm) in every z plane, then in 3D.
-4. **Distance transform** of the foreground in µm
+4. **Nucleus markers.** Nuclei are dimmer than the cytoplasm around them
+   (the simulator's 0.35x, a log contrast of -1.05 before blur). The
+   darkness is the log image smoothed with ``nucleus_sigma_um`` minus the
+   foreground-weighted local mean of the log image (Gaussian of
+   ``nucleus_context_sigma_um``; a normalised convolution, so the dim
+   outside does not lower the reference near a cell's edge). Markers are
+   its local minima (box of +-0.7 µm) that are at least
+   ``nucleus_log_contrast`` darker than that mean and at least
+   ``nucleus_min_depth_um`` inside the foreground, taken darkest first and
+   spaced ``nucleus_min_distance_um`` apart. ``nucleus_log_contrast=0``
+   skips this step (steps 6 and 7 then run as before: distance seeds only,
+   watershed of the negated distance).
+5. **Distance transform** of the foreground in µm
    (``scipy.ndimage.distance_transform_edt`` with ``sampling=voxel_size``);
    the edges of the array do not count as background, so cells cut by the
    top or bottom of a thin stack keep their depth.
-5. **Seeds**: local maxima of the distance within an ellipsoid of
-   ``seed_footprint_radius_um`` that are at least ``min_seed_depth_um`` deep,
-   taken greedily deepest first and dropped when closer than
-   ``min_seed_distance_um`` (in µm) to a seed already taken; every connected
-   foreground object gets at least its deepest voxel.
-6. **Seeded watershed** (``skimage.segmentation.watershed``) of the negated
-   distance within the foreground: touching cells split at the neck between them.
-7. **Merge fragments**: a region smaller than ``merge_volume_um3`` that
+6. **Distance seeds** stand in for nuclei that were not found: local maxima
+   of the distance within an ellipsoid of ``seed_footprint_radius_um`` that
+   are at least ``min_seed_depth_um`` deep, taken greedily deepest first and
+   dropped when closer than ``min_seed_distance_um`` (in µm) to a seed
+   already taken, and then dropped when closer than
+   ``seed_nucleus_distance_um`` to a nucleus marker; every connected
+   foreground object gets at least one seed (its deepest voxel).
+7. **Seeded watershed** (``skimage.segmentation.watershed``) within the
+   foreground of the distance to the nearest seed (µm) minus
+   ``split_depth_weight`` times the foreground distance capped at 3 µm.
+   Touching cells carry the same stain, so where they meet is not in the
+   image: the simulator's cells are Voronoi regions of their nuclei, and the
+   first term splits them there; the second lets a neck of the foreground
+   pull the boundary. Without nucleus markers the landscape is the negated
+   distance, and cells split at necks only.
+8. **Merge fragments**: a region smaller than ``merge_volume_um3`` that
    touches another joins the one it shares the most faces with
    (:func:`merge_small_regions`).
-8. **Clean up**: cells smaller than ``min_cell_volume_um3`` are removed, and
+9. **Clean up**: cells smaller than ``min_cell_volume_um3`` are removed, and
    the rest are numbered 1..N in the raster (z, y, x) order of their seeds.
 
 The result is deterministic (no randomness; ties broken by raster order).
@@ -44,10 +64,13 @@ dependency of merfishflow, and asking for it without the package raises
 :class:`~merfishflow.errors.InputError`.
 
 Cost: the watershed method peaks at about 42 bytes per voxel (float32 image
-copies, scipy's int32 feature transform inside the distance transform, the
+copies, scipy's int32 feature transform inside the distance transforms, the
 watershed's internal arrays) and ~2.5 µs per voxel on 2 CPUs: measured 266 s
 and 4.4 GB for (25, 2048, 2048), i.e. ~18 min and ~18 GB extrapolated for a
-(100, 2048, 2048) tile; see ``benchmarks/RESULTS.md``.
+(100, 2048, 2048) tile; see ``benchmarks/RESULTS.md`` (before the nucleus
+markers). The nucleus markers add ~15 % time and ~6 % peak memory: on one
+core, (24, 1024, 1024), 76 s and 51 B/voxel of peak RSS above the input vs
+65 s and 48 B/voxel with ``nucleus_log_contrast=0``.
 """
 
 from __future__ import annotations
@@ -67,6 +90,12 @@ __all__ = ["METHODS", "SegmentationParams", "assignment_accuracy", "mean_iou", "
 METHODS = ("watershed", "cellpose")
 # Otsu's threshold and the class medians are computed on a strided sample of at most this many voxels.
 _SAMPLE_VOXELS = 2**22
+# Nucleus candidates are minima of the darkness within a box of this half-width (µm); the greedy
+# nucleus_min_distance_um spacing then keeps the darkest of those near each other.
+_NUCLEUS_PEAK_HALF_WIDTH_UM = 0.7
+# The depth term of the split landscape stops growing this deep in the foreground (µm): deeper
+# voxels are all cell interior, where only the distance to the markers should decide.
+_DEPTH_CAP_UM = 3.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +127,32 @@ class SegmentationParams:
         the distance transform of a cell cut by the stack or a flattened
         cell has several maxima, and each would otherwise be a cell. About a
         third of the simulator's typical cell volume.
+    nucleus_log_contrast : float
+        A nucleus marker is a voxel whose log intensity (smoothed with
+        ``nucleus_sigma_um``) lies at least this much (natural log) below the
+        mean log intensity of the foreground around it (``nucleus_context_sigma_um``):
+        0.3 = 26 % darker. 0 turns nucleus markers off (the plain distance
+        watershed of the earlier versions).
+    nucleus_sigma_um : float
+        Gaussian sigma of the log image for the nucleus darkness, µm (> 0):
+        smooths the stain's granular texture, well below the nucleus radius.
+    nucleus_context_sigma_um : float
+        Gaussian sigma of the foreground-weighted local mean of the log image
+        that the darkness is measured against, µm; about the nucleus radius.
+    nucleus_min_depth_um : float
+        A nucleus marker lies at least this far inside the foreground, µm
+        (the dim rim of a cell is not a nucleus).
+    nucleus_min_distance_um : float
+        Minimum distance between two nucleus markers, µm (darkest first): a
+        nucleus's diameter, less than the distance between two nuclei.
+    seed_nucleus_distance_um : float
+        A distance-maximum seed (a cell whose nucleus was not found) is kept
+        only this far or farther from every nucleus marker, µm: about a cell radius.
+    split_depth_weight : float
+        Cells are grown from the markers over the distance to the nearest
+        marker minus this weight times the depth in the foreground (capped at
+        ``_DEPTH_CAP_UM``): 0 = a Voronoi split by the markers; larger values
+        let the split follow necks of the foreground.
     cellpose_model : str
         Cellpose model name (``method="cellpose"`` only).
     cell_diameter_um : float
@@ -113,6 +168,13 @@ class SegmentationParams:
     seed_footprint_radius_um: float = 1.0
     min_cell_volume_um3: float = 5.0
     merge_volume_um3: float = 60.0
+    nucleus_log_contrast: float = 0.3
+    nucleus_sigma_um: float = 0.3
+    nucleus_context_sigma_um: float = 1.5
+    nucleus_min_depth_um: float = 1.0
+    nucleus_min_distance_um: float = 3.0
+    seed_nucleus_distance_um: float = 4.0
+    split_depth_weight: float = 2.0
     cellpose_model: str = "cyto3"
     cell_diameter_um: float = 7.0
 
@@ -128,6 +190,13 @@ class SegmentationParams:
             "seed_footprint_radius_um": self.seed_footprint_radius_um > 0,
             "min_cell_volume_um3": self.min_cell_volume_um3 >= 0,
             "merge_volume_um3": self.merge_volume_um3 >= 0,
+            "nucleus_log_contrast": self.nucleus_log_contrast >= 0,
+            "nucleus_sigma_um": self.nucleus_sigma_um > 0,
+            "nucleus_context_sigma_um": self.nucleus_context_sigma_um > 0,
+            "nucleus_min_depth_um": self.nucleus_min_depth_um >= 0,
+            "nucleus_min_distance_um": self.nucleus_min_distance_um > 0,
+            "seed_nucleus_distance_um": self.seed_nucleus_distance_um >= 0,
+            "split_depth_weight": self.split_depth_weight >= 0,
             "cell_diameter_um": self.cell_diameter_um > 0,
         }
         for name, ok in checks.items():
@@ -198,27 +267,40 @@ def _foreground(smoothed, params):
 
 
 def _seeds(distance, foreground, voxel, params):
-    """Seed voxel indices (n, 3), in raster order."""
-    from scipy.spatial import cKDTree
-
+    """Seed voxel indices (n, 3) at maxima of the distance, deepest first, spaced; raster order."""
     footprint = _ellipsoid(params.seed_footprint_radius_um, voxel)
     local_max = ndi.maximum_filter(distance, footprint=footprint, mode="nearest")
     peaks = (distance == local_max) & foreground & (distance >= params.min_seed_depth_um)
     del local_max
     coords = np.argwhere(peaks)                      # raster order
     order = np.argsort(-distance[peaks], kind="stable")
-    coords = coords[order]
-    if len(coords):
-        tree = cKDTree(coords * voxel)
-        taken = np.zeros(len(coords), dtype=bool)
-        removed = np.zeros(len(coords), dtype=bool)
-        for i in range(len(coords)):
-            if removed[i]:
-                continue
-            taken[i] = True
-            removed[tree.query_ball_point(coords[i] * voxel, params.min_seed_distance_um)] = True
-        coords = coords[taken]
-    # Every connected object gets at least one seed (its deepest voxel).
+    return _raster_order(_greedy_spacing(coords[order], voxel, params.min_seed_distance_um))
+
+
+def _greedy_spacing(coords, voxel, min_distance_um):
+    """Keep ``coords`` (n, 3; best first) greedily, dropping each closer than ``min_distance_um`` to a kept one."""
+    from scipy.spatial import cKDTree
+
+    if len(coords) == 0:
+        return coords
+    tree = cKDTree(coords * voxel)
+    taken = np.zeros(len(coords), dtype=bool)
+    removed = np.zeros(len(coords), dtype=bool)
+    for i in range(len(coords)):                     # one step per candidate (a few per cell), not per voxel
+        if removed[i]:
+            continue
+        taken[i] = True
+        removed[tree.query_ball_point(coords[i] * voxel, min_distance_um)] = True
+    return coords[taken]
+
+
+def _raster_order(coords):
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 3)
+    return coords[np.lexsort(coords.T[::-1])]
+
+
+def _seed_every_object(coords, distance, foreground):
+    """``coords`` plus the deepest voxel of every connected foreground object that holds none; raster order."""
     objects, n_objects = ndi.label(foreground)
     if n_objects:
         seeded = np.zeros(n_objects + 1, dtype=bool)
@@ -228,9 +310,40 @@ def _seeds(distance, foreground, voxel, params):
             extra = ndi.maximum_position(distance, objects, missing)
             coords = np.concatenate([coords, np.asarray(extra, dtype=coords.dtype).reshape(-1, 3)])
     del objects
-    if len(coords) == 0:
-        return coords.reshape(0, 3)
-    return coords[np.lexsort(coords.T[::-1])]
+    return _raster_order(coords)
+
+
+def _nucleus_darkness(image, foreground, voxel, params):
+    """Log intensity minus the foreground's local mean log intensity (float32; negative = darker).
+
+    ``log(I) * G_s1 - G_s2(log(I) * fg) / G_s2(fg)``: a normalised convolution,
+    so the dim outside does not pull the reference level down near a cell's edge.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    floor = max(float(image.max()) * 1e-3, 1e-12)
+    log_image = np.log(np.maximum(image, floor))     # new float32 array
+    weight = foreground.astype(np.float32)
+    reference = log_image * weight
+    ndi.gaussian_filter(reference, params.nucleus_context_sigma_um / voxel, output=reference)
+    ndi.gaussian_filter(weight, params.nucleus_context_sigma_um / voxel, output=weight)
+    np.maximum(weight, 1e-3, out=weight)
+    np.divide(reference, weight, out=reference)
+    del weight
+    ndi.gaussian_filter(log_image, params.nucleus_sigma_um / voxel, output=log_image)
+    np.subtract(log_image, reference, out=log_image)
+    return log_image
+
+
+def _nucleus_markers(image, foreground, voxel, params):
+    """Candidate nucleus positions (n, 3), darkest first (not yet checked for depth or spacing)."""
+    darkness = _nucleus_darkness(image, foreground, voxel, params)
+    size = tuple(int(k) for k in 2 * np.round(_NUCLEUS_PEAK_HALF_WIDTH_UM / voxel).astype(int) + 1)
+    local_min = ndi.minimum_filter(darkness, size=size, mode="nearest")
+    peaks = (darkness == local_min) & foreground & (darkness <= -params.nucleus_log_contrast)
+    del local_min
+    coords = np.argwhere(peaks)                      # raster order
+    order = np.argsort(darkness[peaks], kind="stable")
+    return coords[order]
 
 
 def merge_small_regions(labels, min_voxels, max_rounds=10):
@@ -286,6 +399,7 @@ def merge_small_regions(labels, min_voxels, max_rounds=10):
 
 
 def _segment_watershed(image, voxel, params, progress):
+    from scipy.spatial import cKDTree
     from skimage.segmentation import relabel_sequential, watershed
 
     work = image.astype(np.float32, copy=True)
@@ -297,12 +411,35 @@ def _segment_watershed(image, voxel, params, progress):
         progress("segmentation: no cell/background contrast; 0 cells")
         return np.zeros(image.shape, dtype=np.uint32)
     progress(f"segmentation: foreground {fg.mean():.1%} of the volume")
+    use_nuclei = params.nucleus_log_contrast > 0
+    nuclei = _nucleus_markers(image, fg, voxel, params) if use_nuclei else np.zeros((0, 3), np.int64)
     distance = ndi.distance_transform_edt(fg, sampling=voxel).astype(np.float32)
+    if use_nuclei:
+        nuclei = nuclei[distance[tuple(nuclei.T)] >= params.nucleus_min_depth_um]
+        nuclei = _greedy_spacing(nuclei, voxel, params.nucleus_min_distance_um)
     coords = _seeds(distance, fg, voxel, params)
-    progress(f"segmentation: {len(coords)} seeds")
+    if len(nuclei) and len(coords):
+        # Distance-maximum seeds stand in for nuclei that were not found, away from every found one.
+        far, _ = cKDTree(nuclei * voxel).query(coords * voxel)
+        coords = coords[far >= params.seed_nucleus_distance_um]
+    coords = _seed_every_object(np.concatenate([nuclei, coords]).astype(np.int64), distance, fg)
+    progress(f"segmentation: {len(coords)} seeds ({len(nuclei)} nuclei, "
+             f"{len(coords) - len(nuclei)} distance maxima)" if use_nuclei else
+             f"segmentation: {len(coords)} seeds")
+    if use_nuclei:
+        # Grow the cells over the distance to the nearest marker (a Voronoi split: where touching
+        # cells meet is decided by their nuclei), lowered by the capped depth so that necks of
+        # the foreground still attract the boundary.
+        np.minimum(distance, _DEPTH_CAP_UM, out=distance)
+        distance *= -params.split_depth_weight
+        unseeded = np.ones(image.shape, dtype=bool)
+        unseeded[tuple(coords.T)] = False
+        np.add(distance, ndi.distance_transform_edt(unseeded, sampling=voxel), out=distance, casting="same_kind")
+        del unseeded
+    else:
+        np.negative(distance, out=distance)
     markers = np.zeros(image.shape, dtype=np.int32)
     markers[tuple(coords.T)] = np.arange(1, len(coords) + 1, dtype=np.int32)
-    np.negative(distance, out=distance)
     labels = watershed(distance, markers, mask=fg)
     del distance, markers, fg
     if params.merge_volume_um3 > 0:
