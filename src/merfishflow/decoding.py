@@ -547,11 +547,10 @@ def _enhance_one(vol, z_core, sigmas, truncate, buffers, ops):
     f = sigmas.get("background_downsample", 1)
     core_shape = (b - a, *vol.shape[1:])
     plane_shape = (1, *vol.shape[1:])
-    if not buffers or buffers[0].shape[0] < core_shape[0] or buffers[0].shape[1:] != core_shape[1:]:
+    if not buffers or buffers[0].shape != core_shape:
         buffers[:] = [np.empty(core_shape, np.float32), np.empty(plane_shape, np.float32),
                       np.empty(plane_shape, np.float32)]
     spare, p1, p2 = buffers
-    spare = spare[:b - a]
     if sz > 0 and vol.shape[0] > 1:
         # Only the core planes: the halo is input only.
         _apply_axis0(ops["z"], ops["rz"], vol, spare, rows=(a, b))
@@ -581,7 +580,7 @@ def _enhance_one(vol, z_core, sigmas, truncate, buffers, ops):
             np.maximum(target, 0, out=target)
 
 
-def enhance_bits(stack, z_core, sigmas: dict, truncate: float, n_threads: int = 1, workspace=None):
+def enhance_bits(stack, z_core, sigmas: dict, truncate: float, n_threads: int = 1):
     """DoG spot enhancement of a slab, in place.
 
     Parameters
@@ -596,9 +595,6 @@ def enhance_bits(stack, z_core, sigmas: dict, truncate: float, n_threads: int = 
     n_threads : int
         Bits filtered in parallel (scipy.ndimage releases the GIL); each bit is filtered by itself, so
         the result does not depend on it.
-    workspace : list, optional
-        Scratch buffers kept between calls (pass the same empty list for every slab of a tile): fresh
-        large arrays cost page faults at every slab.
 
     Returns
     -------
@@ -618,12 +614,9 @@ def enhance_bits(stack, z_core, sigmas: dict, truncate: float, n_threads: int = 
     if sx > 0:
         ops["x"] = _band_operator_t(stack.shape[3], float(sx), float(truncate))
         ops["rx"] = int(truncate * float(sx) + 0.5)
-    workspace = [] if workspace is None else workspace
-    workspace.extend([] for _ in range(workers - len(workspace)))
-
     # Bit k goes to worker k % workers, which reuses its own buffers.
     def run(w):
-        buffers = workspace[w]
+        buffers = []
         for k in range(w, n, workers):
             _enhance_one(stack[k], z_core, sigmas, truncate, buffers, ops)
 
@@ -704,7 +697,6 @@ class _VoxelCollector:
         self.shape_yx = shape_yx
         self.prev_mag = None
         self.chunks = []
-        self._mag_buffer = None
 
     def _decode_pixels(self, enh):
         """Per decoded voxel of the slab: flat index, barcode, distance, magnitude, enhanced trace; magnitude map.
@@ -713,11 +705,7 @@ class _VoxelCollector:
         read in blocks of rows, never copied whole.
         """
         B, nz, Y, X = enh.shape
-        # One magnitude buffer for all slabs of the pass (a fresh one per slab costs page faults); the map
-        # is not needed once add() returns.
-        if self._mag_buffer is None or self._mag_buffer.shape[0] < nz or self._mag_buffer.shape[1:] != (Y, X):
-            self._mag_buffer = np.empty((nz, Y, X), np.float32)
-        mag2 = self._mag_buffer[:nz]
+        mag2 = np.empty((nz, Y, X), np.float32)
         # All bits at once on blocks of rows small enough to stay in the CPU cache (16 bits x 2^14 voxels =
         # 1 MB): max(0, e - background)^2 per bit, then the sum weighted by 1 / scale^2 as one sgemv.
         rows = max(1, min(Y, 2**18 // (B * X)))
@@ -1179,8 +1167,6 @@ def _decode_tile(read_bits, shape_zyx, codewords, voxel_size_zyx_um, params, pro
     halo = sig["halo_z"]
     threads = _n_threads(params, n_bits)
 
-    workspace = []  # the filters' scratch buffers, reused from slab to slab
-
     def read_enhanced(z0, z1, window=None):
         """Planes z0:z1 enhanced (read with the z halo); ``window`` (y0, y1, x0, x1): only that y/x window."""
         a, b = max(0, z0 - halo), min(Z, z1 + halo)
@@ -1194,7 +1180,7 @@ def _decode_tile(read_bits, shape_zyx, codewords, voxel_size_zyx_um, params, pro
                 f"expected {(n_bits, b - a, wy, wx)} (the codebook has {n_bits} bits, the tile is {shape})")
         if stack.dtype != np.float32 or not stack.flags.writeable or not stack.flags.c_contiguous:
             stack = np.array(stack, dtype=np.float32, order="C")
-        return enhance_bits(stack, (z0 - a, z1 - a), sig, params.truncate, threads, workspace)
+        return enhance_bits(stack, (z0 - a, z1 - a), sig, params.truncate, threads)
 
     (y0, y1, x0, x1), window = _refinement_window(shape, params.refine_max_voxels, sig, params.truncate)
     cy, cx = y1 - y0, x1 - x0
