@@ -247,6 +247,18 @@ def test_enhancement_without_lowpass_subtracts_the_background(downsample):
     np.testing.assert_allclose(got, np.maximum(want, 0), rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(2, 128, 64), (2, 130, 127), (1, 5, 7), (1, 3, 2)])
+def test_block_means_average_what_each_block_has(shape):
+    from merfishflow.decoding import _block_mean
+
+    image = np.random.default_rng(2).random(shape, dtype=np.float32)
+    f = 4
+    ny, nx = -(-shape[1] // f), -(-shape[2] // f)
+    want = np.array([[[image[z, i * f:(i + 1) * f, j * f:(j + 1) * f].mean() for j in range(nx)] for i in range(ny)]
+                     for z in range(shape[0])])
+    np.testing.assert_allclose(_block_mean(image, f), want, rtol=1e-5)
+
+
 @pytest.mark.parametrize("shape", [(3, 128, 128), (2, 130, 127)])
 def test_block_background_follows_the_exact_gaussian(shape):
     from scipy import ndimage as ndi

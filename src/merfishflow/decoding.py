@@ -381,9 +381,11 @@ def _block_mean(img, f):
         out[..., :fy, :fx] = img[..., :fy * f, :fx * f].reshape(*lead, fy, f, fx, f).mean(axis=(-3, -1))
     if ny > fy:
         rows = img[..., fy * f:, :]
-        for bx in range(nx):
-            out[..., fy, bx] = rows[..., bx * f:(bx + 1) * f].mean(axis=(-2, -1))
-    if nx > fx:
+        if fx:
+            out[..., fy, :fx] = rows[..., :fx * f].reshape(*lead, Y - fy * f, fx, f).mean(axis=(-3, -1))
+        if nx > fx:
+            out[..., fy, fx] = rows[..., fx * f:].mean(axis=(-2, -1))
+    if nx > fx and fy:
         cols = img[..., :fy * f, fx * f:]
         out[..., :fy, fx] = cols.reshape(*lead, fy, f, -1).mean(axis=(-2, -1))
     return out
@@ -1088,6 +1090,8 @@ def _refinement_window(shape, max_voxels, sig, truncate):
     if cx == X and cy < Y:
         cy = min(Y, max(1, max_voxels // (Z * X)))
     f = max(1, int(sig["background_downsample"]))
+    # A whole number of background blocks, so that the window's block means take _block_mean's fast path.
+    cy, cx = (c if c == n else min(n, max(f, c // f * f)) for c, n in ((cy, Y), (cx, X)))
     y0 = (Y - cy) // 2 // f * f if cy < Y else 0
     x0 = (X - cx) // 2 // f * f if cx < X else 0
     h = _filter_halo_yx(sig, truncate)
