@@ -401,15 +401,15 @@ def _linear_weights(n_full, n_small, f):
     return i0, i1, w1
 
 
-def _background(core, sbg, f, truncate, out=None, tmp=None, subtract=False):
+def _background(core, sbg, f, truncate, out=None, subtract=False):
     """The per-plane 2D Gaussian (sigma ``sbg`` px) of ``core`` (nz, Y, X), computed on f x f blocks.
 
     The background is smooth (sigma 5.6 px at the defaults), so it is estimated on the f x f block means,
     blurred there with a Gaussian whose sigma makes the whole chain (block mean, variance (f^2 - 1) / 12
     px^2 per axis; Gaussian; linear interpolation back to the pixels, about (f^2 - 1) / 6) have the
     requested variance ``sbg^2``, and interpolated linearly back: ~1/f^2 of the Gaussian's work instead of
-    2 x (2 truncate sbg + 1) multiply-adds per voxel. ``f = 1``: the exact Gaussian. ``out`` and ``tmp``
-    (float32, the shape of ``core``) are reused if given: fresh large arrays cost page faults.
+    2 x (2 truncate sbg + 1) multiply-adds per voxel. ``f = 1``: the exact Gaussian. ``out``
+    (float32, the shape of ``core``) is written if given: fresh large arrays cost page faults.
 
     ``subtract=True``: return ``max(0, core - background)`` instead (the enhanced image), each block of
     rows subtracted as soon as its background is interpolated, while both are in the CPU cache.
