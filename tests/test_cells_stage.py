@@ -73,6 +73,28 @@ def test_masks_are_placed_and_round_trip(demo_run):
         again.unlink()
 
 
+def test_segment_reads_the_fiducial_that_segmentation_image_names(demo_copy):
+    """The default segments the corrected round-0 fiducial and records that (and which data it read);
+    ``image: deconvolved`` reads the registered, deconvolved one instead; anything else is a clear error."""
+    from merfishflow.stages.cells import fiducial_source, segment_tile_stage
+
+    _, _, experiment_dir = demo_copy
+    paths = ExperimentPaths(experiment_dir)
+    tiles = load_experiment(experiment_dir).tiles
+    default = read_masks(paths.cell_masks(tiles[0]))
+    assert default.metadata["parameters"]["image"] == "corrected"
+    corrected_digest = datastore.marker_digest(paths.fiducial_group(tiles[0], "round0000"))
+    assert default.metadata["inputs_sha256"]["fiducials"][tiles[0]] == corrected_digest
+
+    out = segment_tile_stage(experiment_dir, tiles[0], tiles=tiles, image="deconvolved", progress=lambda m: None)
+    deconvolved = read_masks(out)
+    registered = paths.fiducial_array(tiles[0], "round0000", REGISTERED_DATA)
+    assert deconvolved.metadata["inputs_sha256"]["fiducials"][tiles[0]] == datastore.marker_digest(registered)
+    assert not np.array_equal(deconvolved.to_labels(), default.to_labels())
+    with pytest.raises(InputError, match="segmentation.image"):
+        fiducial_source(paths, tiles[0], "raw")
+
+
 def test_spot_table_gains_cell_id_and_csv_keeps_starfish_columns(demo_run):
     _, _, experiment_dir = demo_run
     paths = ExperimentPaths(experiment_dir)

@@ -50,32 +50,37 @@ def test_runs_and_labels_are_sequential(segmented, tile):
 
 
 def test_mean_iou_regression(segmented, segmented_unmerged, tile):
-    """Default method (nucleus markers, merging) on this single tile: 0.548 over all 10 true cells, 0.682
-    over the 8 with >= 2000 visible voxels (distance-seeded watershed before: 0.520 / 0.648). Without the
-    merging 0.539 / 0.671 (before: 0.576 / 0.718; see docs/masks.md, 'Accuracy')."""
-    assert mean_iou(segmented, tile[1]) >= 0.53
-    assert mean_iou(segmented, tile[1], min_voxels=2000) >= 0.66
-    assert mean_iou(segmented_unmerged, tile[1]) >= 0.52
-    assert mean_iou(segmented_unmerged, tile[1], min_voxels=2000) >= 0.65
+    """Default method on this single tile (no neighbours, so most of its 10 cells are cut by its edges):
+    0.631 over all 10 true cells, 0.785 over the 8 with >= 2000 visible voxels; the same without the
+    merging. Before the global threshold, small-hole filling, edge erosion and the 20 um^3 merge volume:
+    0.548 / 0.682 (see docs/masks.md, 'Accuracy')."""
+    assert mean_iou(segmented, tile[1]) >= 0.61
+    assert mean_iou(segmented, tile[1], min_voxels=2000) >= 0.76
+    assert mean_iou(segmented_unmerged, tile[1]) >= 0.61
+    assert mean_iou(segmented_unmerged, tile[1], min_voxels=2000) >= 0.76
 
 
-def test_merging_on_a_lone_tile(segmented, segmented_unmerged, tile):
-    """On a single tile without neighbours, merging small regions removes fragments (8 vs 12 cells, 10
-    true) and, with nucleus markers, no longer costs accuracy (measured 0.548 merged vs 0.539; with
-    the distance seeds alone it was 0.520 vs 0.576, because it merged cells cut by the tile's edge)."""
+def test_merging_only_small_fragments_on_a_lone_tile(segmented, segmented_unmerged, tile):
+    """Merging regions under the default 20 um^3 costs nothing here (0.631 either way, 9 cells, 10 true);
+    the earlier 60 um^3 merged cells cut by the tile's edge into their neighbours (0.487, 6 cells)."""
     merged, unmerged = mean_iou(segmented, tile[1]), mean_iou(segmented_unmerged, tile[1])
     assert merged >= unmerged - 0.02
-    assert segmented.max() < segmented_unmerged.max()
+    assert segmented.max() <= segmented_unmerged.max()
+    coarse = segment_cells(tile[0], VOXEL, SegmentationParams(merge_volume_um3=60.0))
+    assert mean_iou(coarse, tile[1]) < merged - 0.05
+    assert coarse.max() < segmented.max()
 
 
-def test_distance_seeds_alone_as_before(tile):
-    """nucleus_log_contrast=0 is the earlier distance-seeded watershed: 0.520 merged on this tile."""
+def test_distance_seeds_alone(tile):
+    """nucleus_log_contrast=0 (distance-maximum seeds only, split at necks): 0.642 on this tile, where the
+    cut cells' nuclei are mostly outside it; over the three 2 x 2 mosaics of docs/masks.md it scores 0.631
+    against the nucleus markers' 0.688."""
     labels = segment_cells(tile[0], VOXEL, SegmentationParams(nucleus_log_contrast=0.0))
-    assert 0.50 <= mean_iou(labels, tile[1]) <= 0.54
+    assert 0.62 <= mean_iou(labels, tile[1]) <= 0.66
 
 
-@pytest.mark.xfail(strict=False, reason="target not reached: measured 0.548 on this tile (0.520 before nucleus "
-                                        "markers); see docs/masks.md, 'Accuracy'")
+@pytest.mark.xfail(strict=False, reason="target not reached on this lone 14 um tile, whose cells are mostly cut by "
+                                        "its edges: measured 0.631; see docs/masks.md, 'Accuracy'")
 def test_mean_iou_target(segmented, tile):
     assert mean_iou(segmented, tile[1]) >= 0.7
 
@@ -112,15 +117,15 @@ def test_mosaic_mean_iou_counts_a_cell_spanning_tiles_once():
 
 def test_foreground_caps_the_score(segmented, tile):
     """Ceiling analysis of docs/masks.md, 'Accuracy': our foreground split perfectly (each foreground
-    voxel given its nearest true label) scores 0.676 on this tile (corrected, not deconvolved), already
-    below the 0.7 target; our split loses another ~0.13 (0.548)."""
+    voxel given its nearest true label) scores 0.741 on this tile (0.676 with the per-plane threshold
+    before); our split loses another 0.11 (0.631)."""
     from scipy import ndimage as ndi
 
     truth = tile[1]
     _, nearest = ndi.distance_transform_edt(truth == 0, sampling=VOXEL, return_indices=True)
     perfect_split = np.where(segmented > 0, truth[tuple(nearest)], 0)
     cap = mean_iou(perfect_split, truth)
-    assert 0.62 <= cap <= 0.75
+    assert 0.72 <= cap <= 0.76
     assert mean_iou(segmented, truth) <= cap + 1e-9
 
 

@@ -155,7 +155,14 @@ class Pipeline:
         """The simulator's ground_truth/ folder (a directory output of rule simulate)."""
         return str(self.paths.ground_truth)
 
+    @property
+    def segment_image(self) -> str:
+        """Which round-0 fiducial is segmented (``segmentation.image``: corrected or deconvolved)."""
+        return self.config["segmentation"].get("image", "corrected")
+
     def segment_input(self, tile: str = TILE_WILDCARD) -> str:
+        if self.segment_image == "corrected":
+            return str(marker(self.paths.fiducial_group(tile, self.experiment.rounds[0])))
         return str(marker(self.paths.fiducial_array(tile, self.experiment.rounds[0], REGISTERED_DATA)))
 
     def cell_masks(self, tile: str = TILE_WILDCARD) -> str:

@@ -30,7 +30,7 @@ from ..fileio import atomic
 from ..filtering import starfish_table
 from ..masks import read_masks, write_masks
 from ..naming import round_name
-from ..paths import REGISTERED_DATA, ExperimentPaths
+from ..paths import CORRECTED_DATA, REGISTERED_DATA, ExperimentPaths
 from ..segmentation import SegmentationParams, segment_cells
 from ..stitching import DEFAULT_CONTEXT_UM, context_windows
 from .decode import BLANK_PREFIX, read_metadata, spot_schema, write_spot_table
@@ -103,8 +103,27 @@ def assemble_canvas(center, origins_um, shape_zyx, voxel_size_zyx_um, margin_yx_
     return canvas, [index for index, _, _ in windows]
 
 
-def context_canvas(paths, tile, tiles, margin_um):
-    """:func:`assemble_canvas` of the registered round-0 fiducials, placed by global registration.
+# Which round-0 fiducial is segmented (``segmentation.image``). Round 0 is the registration reference,
+# so both lie in the registered frame. The default is the camera-corrected one: deconvolution sharpens
+# the stain's granular texture into spikes, and on the simulator it lowers the mosaic IoU from 0.69 to 0.60.
+SEGMENTATION_IMAGES = ("corrected", "deconvolved")
+
+
+def fiducial_source(paths, tile, image):
+    """``(open, owner)`` of ``tile``'s round-0 fiducial that ``image`` names: a function returning
+    its tensorstore handle, and the group or array whose marker's digest records the version read."""
+    group = paths.fiducial_group(tile, round_name(0))
+    if image == "corrected":
+        return (lambda: datastore.open_array(group, CORRECTED_DATA)), group
+    if image == "deconvolved":
+        path = paths.fiducial_array(tile, round_name(0), REGISTERED_DATA)
+        return (lambda: datastore.open_marked_array(path)), path
+    raise InputError(f"segmentation.image: expected one of {', '.join(SEGMENTATION_IMAGES)}, got {image!r}")
+
+
+def context_canvas(paths, tile, tiles, margin_um, image="corrected"):
+    """:func:`assemble_canvas` of the round-0 fiducials (``image``: :data:`SEGMENTATION_IMAGES`), placed by
+    global registration.
 
     Returns
     -------
@@ -120,23 +139,27 @@ def context_canvas(paths, tile, tiles, margin_um):
     placement = placements[tile]
     voxel = np.asarray(placement["spacing_zyx_um"], dtype=np.float64)
     margin_px = int(round(margin_um / voxel[1]))
-    source = {t: paths.fiducial_array(t, round_name(0), REGISTERED_DATA) for t in tiles}
-    shape = tuple(int(n) for n in datastore.open_marked_array(source[tile]).shape)
+    source = {t: fiducial_source(paths, t, image) for t in tiles}
+    shape = tuple(int(n) for n in source[tile][0]().shape)
 
     def read_window(index, window):
-        handle = datastore.open_marked_array(source[tiles[index]])
+        open_handle, owner = source[tiles[index]]
+        handle = open_handle()
         if tuple(handle.shape) != shape:
-            raise InputError(f"{source[tiles[index]]}: shape {tuple(handle.shape)} differs from {tile}'s {shape}")
-        return datastore.read_region(handle, window, what=str(source[tiles[index]]))
+            raise InputError(f"{owner}: shape {tuple(handle.shape)} differs from {tile}'s {shape}")
+        return datastore.read_region(handle, window, what=str(owner))
 
     origins = [placements[t]["origin_zyx_um"] for t in tiles]
     canvas, used = assemble_canvas(tiles.index(tile), origins, shape, voxel, margin_px, read_window)
-    return canvas, margin_px, {tiles[i]: datastore.marker_digest(source[tiles[i]]) for i in used}, placement
+    return canvas, margin_px, {tiles[i]: datastore.marker_digest(source[tiles[i]][1]) for i in used}, placement
 
 
 def segment_tile_stage(experiment_dir, tile, params=SegmentationParams(), tiles=None,
-                       context_um=DEFAULT_CONTEXT_UM, progress=print) -> Path:
-    """Segment one tile's registered round-0 fiducial into ``segmentation/<tile>_cells.mfmask``.
+                       context_um=DEFAULT_CONTEXT_UM, image="corrected", progress=print) -> Path:
+    """Segment one tile's round-0 fiducial into ``segmentation/<tile>_cells.mfmask``.
+
+    ``image`` is ``"corrected"`` (camera-corrected, the default) or
+    ``"deconvolved"`` (the registered, deconvolved fiducial); see :data:`SEGMENTATION_IMAGES`.
 
     The tile is segmented with a band of ``context_um`` of its neighbours
     around it (:func:`context_canvas`; ``tiles`` lists every tile of the
@@ -150,7 +173,7 @@ def segment_tile_stage(experiment_dir, tile, params=SegmentationParams(), tiles=
     tiles = list(tiles) if tiles else [tile]
     if tile not in tiles:
         raise InputError(f"segment {tile}: the tiles given for context ({tiles}) must include the tile itself")
-    canvas, m, used, placement = context_canvas(paths, tile, tiles, context_um)
+    canvas, m, used, placement = context_canvas(paths, tile, tiles, context_um, image)
     voxel = placement["spacing_zyx_um"]
     progress(f"{tile}: segmenting with {len(used) - 1} neighbour(s) in a {context_um} um band, canvas {canvas.shape}")
     labels = segment_cells(canvas, voxel, params, progress=progress)
@@ -159,7 +182,7 @@ def segment_tile_stage(experiment_dir, tile, params=SegmentationParams(), tiles=
     labels, _, _ = relabel_sequential(labels)
     labels = labels.astype(np.uint32, copy=False)
     metadata = {"stage": "segment", "software": datastore.software_versions(),
-                "parameters": {**params.to_dict(), "context_um": context_um},
+                "parameters": {**params.to_dict(), "context_um": context_um, "image": image},
                 "inputs_sha256": {"fiducials": dict(sorted(used.items())),
                                   "placement": datastore.marker_digest(paths.global_registration(tile))}}
     out = paths.cell_masks(tile)
