@@ -81,7 +81,10 @@ and 4.4 GB for (25, 2048, 2048), i.e. ~18 min and ~18 GB extrapolated for a
 (100, 2048, 2048) tile; see ``benchmarks/RESULTS.md`` (before the nucleus
 markers). The nucleus markers add ~15 % time and ~6 % peak memory: on one
 core, (24, 1024, 1024), 76 s and 51 B/voxel of peak RSS above the input vs
-65 s and 48 B/voxel with ``nucleus_log_contrast=0``.
+65 s and 48 B/voxel with ``nucleus_log_contrast=0``. The foreground steps and
+the unclaimed-foreground seeds (up to two more distance transforms) add
+another ~25 % time: ``bench_segmentation.py --shapes 24x1024x1024``, 2 CPUs,
+83.6 s and 52 B/voxel, against 67.0 s and 48 B/voxel for the previous commit.
 """
 
 from __future__ import annotations

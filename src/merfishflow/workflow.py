@@ -310,11 +310,11 @@ class Pipeline:
         return int(math.ceil(5 + self.experiment.n_bits * self._voxels / 5e6 / 60)) * attempt
 
     def segment_mem_mb(self, attempt: int = 1) -> int:
-        """~42 bytes per voxel of the tile plus its neighbours' band (distance transform, watershed;
-        benchmarks/RESULTS.md)."""
+        """~52 bytes per voxel of the tile plus its neighbours' band (distance transforms, watershed;
+        benchmarks/RESULTS.md), with some headroom."""
         z, y, x = self.experiment.image_shape_zyx
         band = 2 * int(round(self.segment_context_um / self.experiment.voxel_size_zyx_um[1]))
-        return int(math.ceil(800 + 45 * z * (y + band) * (x + band) / 2**20)) * attempt
+        return int(math.ceil(800 + 56 * z * (y + band) * (x + band) / 2**20)) * attempt
 
     def register_mem_mb(self, attempt: int = 1) -> int:
         """Reference, moving and resampled volumes in float32, plus ~5 complex64 copies of the rigid crop."""
