@@ -409,9 +409,9 @@ def _claim_far_foreground(coords, foreground, voxel, params):
         far, n_far = ndi.label(foreground & (distance > params.max_cell_radius_um))
         if n_far == 0:
             break
-        ids = np.arange(1, n_far + 1)
-        sizes = ndi.sum_labels(np.ones(foreground.shape, np.float32), far, ids)
-        ids = ids[sizes >= min_voxels]
+        sizes = np.bincount(far.reshape(-1), minlength=n_far + 1)
+        ids = np.flatnonzero(sizes >= min_voxels)
+        ids = ids[ids > 0]
         if len(ids) == 0:
             break
         extra = np.asarray(ndi.maximum_position(distance, far, ids), dtype=np.int64).reshape(-1, 3)
