@@ -1,7 +1,8 @@
 """The segment and assign stages: cell masks per tile, then spots to cells and cell x gene counts.
 
 segment (per tile): :func:`merfishflow.segmentation.segment_cells` on the
-tile's registered round-0 fiducial, written as a versioned mask file
+tile's round-0 fiducial (camera-corrected by default, ``segmentation.image``;
+round 0 is the registration reference), written as a versioned mask file
 (``segmentation/<tile>_cells.mfmask``, docs/masks.md) placed by the tile's
 global registration.
 
