@@ -22,6 +22,10 @@ DECON_DATA = "decon_data"
 REGISTERED_DATA = "registered_decon_data"
 FLOW_FIELD = "of_xyz_3x_downsample"
 GLOBAL_REGISTRATION = "global_registration"
+# Which round-0 fiducial the segment stage reads (``segmentation.image``); the first is the default.
+# Round 0 is the registration reference, so both lie in the registered frame. Corrected: deconvolution
+# sharpens the stain's granular texture into spikes (docs/masks.md, "Which image").
+SEGMENTATION_IMAGES = ("corrected", "deconvolved")
 
 
 def inside(base: Path, relative: str, what: str) -> Path:
@@ -104,6 +108,15 @@ class ExperimentPaths:
     def fiducial_array(self, tile: str, round_: str, name: str) -> Path:
         """An array (or subgroup) of a fiducial round group, e.g. ``decon_data``."""
         return self.fiducial_group(tile, round_) / name
+
+    def segmentation_source(self, tile: str, image: str = SEGMENTATION_IMAGES[0]) -> Path:
+        """Owner of the round-0 fiducial that ``image`` names (:data:`SEGMENTATION_IMAGES`): the round group
+        for ``corrected`` (its marker records ``corrected_data``), the registered array for ``deconvolved``."""
+        if image == "corrected":
+            return self.fiducial_group(tile, round_name(0))
+        if image == "deconvolved":
+            return self.fiducial_array(tile, round_name(0), REGISTERED_DATA)
+        raise InputError(f"segmentation.image: expected one of {', '.join(SEGMENTATION_IMAGES)}, got {image!r}")
 
     def readout_array(self, tile: str, bit: str, name: str) -> Path:
         return self.readout_group(tile, bit) / name

@@ -17,7 +17,7 @@ import numpy as np
 
 from .metadata import Experiment, load_experiment
 from .naming import tile_name
-from .paths import DECON_DATA, REGISTERED_DATA, ExperimentPaths, marker
+from .paths import DECON_DATA, REGISTERED_DATA, SEGMENTATION_IMAGES, ExperimentPaths, marker
 from .status import stage_groups, target_file, tile_markers
 
 TILE_WILDCARD = "{tile}"
@@ -158,12 +158,10 @@ class Pipeline:
     @property
     def segment_image(self) -> str:
         """Which round-0 fiducial is segmented (``segmentation.image``: corrected or deconvolved)."""
-        return self.config["segmentation"].get("image", "corrected")
+        return self.config["segmentation"].get("image", SEGMENTATION_IMAGES[0])
 
     def segment_input(self, tile: str = TILE_WILDCARD) -> str:
-        if self.segment_image == "corrected":
-            return str(marker(self.paths.fiducial_group(tile, self.experiment.rounds[0])))
-        return str(marker(self.paths.fiducial_array(tile, self.experiment.rounds[0], REGISTERED_DATA)))
+        return str(marker(self.paths.segmentation_source(tile, self.segment_image)))
 
     def cell_masks(self, tile: str = TILE_WILDCARD) -> str:
         return str(self.paths.cell_masks(tile))

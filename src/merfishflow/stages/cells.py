@@ -30,8 +30,7 @@ from ..errors import InputError
 from ..fileio import atomic
 from ..filtering import starfish_table
 from ..masks import read_masks, write_masks
-from ..naming import round_name
-from ..paths import CORRECTED_DATA, REGISTERED_DATA, ExperimentPaths
+from ..paths import CORRECTED_DATA, SEGMENTATION_IMAGES, ExperimentPaths
 from ..segmentation import SegmentationParams, segment_cells
 from ..stitching import DEFAULT_CONTEXT_UM, context_windows
 from .decode import BLANK_PREFIX, read_metadata, spot_schema, write_spot_table
@@ -104,26 +103,18 @@ def assemble_canvas(center, origins_um, shape_zyx, voxel_size_zyx_um, margin_yx_
     return canvas, [index for index, _, _ in windows]
 
 
-# Which round-0 fiducial is segmented (``segmentation.image``). Round 0 is the registration reference,
-# so both lie in the registered frame. The default is the camera-corrected one: deconvolution sharpens
-# the stain's granular texture into spikes, and on the simulator it lowers the mosaic IoU from 0.69 to 0.60.
-SEGMENTATION_IMAGES = ("corrected", "deconvolved")
-
-
 def fiducial_source(paths, tile, image):
-    """``(open, owner)`` of ``tile``'s round-0 fiducial that ``image`` names: a function returning
-    its tensorstore handle, and the group or array whose marker's digest records the version read."""
-    group = paths.fiducial_group(tile, round_name(0))
+    """``(open, owner)`` of ``tile``'s round-0 fiducial that ``image`` names
+    (:meth:`~merfishflow.paths.ExperimentPaths.segmentation_source`): a function returning its tensorstore
+    handle, and the group or array whose marker's digest records the version read."""
+    owner = paths.segmentation_source(tile, image)
     if image == "corrected":
-        return (lambda: datastore.open_array(group, CORRECTED_DATA)), group
-    if image == "deconvolved":
-        path = paths.fiducial_array(tile, round_name(0), REGISTERED_DATA)
-        return (lambda: datastore.open_marked_array(path)), path
-    raise InputError(f"segmentation.image: expected one of {', '.join(SEGMENTATION_IMAGES)}, got {image!r}")
+        return (lambda: datastore.open_array(owner, CORRECTED_DATA)), owner
+    return (lambda: datastore.open_marked_array(owner)), owner
 
 
-def context_canvas(paths, tile, tiles, margin_um, image="corrected"):
-    """:func:`assemble_canvas` of the round-0 fiducials (``image``: :data:`SEGMENTATION_IMAGES`), placed by
+def context_canvas(paths, tile, tiles, margin_um, image=SEGMENTATION_IMAGES[0]):
+    """:func:`assemble_canvas` of the round-0 fiducials (``image``: :data:`~merfishflow.paths.SEGMENTATION_IMAGES`), placed by
     global registration.
 
     Returns
@@ -156,11 +147,11 @@ def context_canvas(paths, tile, tiles, margin_um, image="corrected"):
 
 
 def segment_tile_stage(experiment_dir, tile, params=SegmentationParams(), tiles=None,
-                       context_um=DEFAULT_CONTEXT_UM, image="corrected", progress=print) -> Path:
+                       context_um=DEFAULT_CONTEXT_UM, image=SEGMENTATION_IMAGES[0], progress=print) -> Path:
     """Segment one tile's round-0 fiducial into ``segmentation/<tile>_cells.mfmask``.
 
     ``image`` is ``"corrected"`` (camera-corrected, the default) or
-    ``"deconvolved"`` (the registered, deconvolved fiducial); see :data:`SEGMENTATION_IMAGES`.
+    ``"deconvolved"`` (the registered, deconvolved fiducial); see :data:`~merfishflow.paths.SEGMENTATION_IMAGES`.
 
     The tile is segmented with a band of ``context_um`` of its neighbours
     around it (:func:`context_canvas`; ``tiles`` lists every tile of the
