@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from .binning import binned_shape, block_mean
 from .errors import InputError
 
 __all__ = [
@@ -114,10 +115,6 @@ def _factors(downsample):
     return tuple(int(v) for v in f)
 
 
-def _coarse_shape(full_shape, factors):
-    return tuple(-(-int(n) // f) for n, f in zip(full_shape, factors))
-
-
 def _check_shift(shift_zyx_px):
     shift = np.asarray(shift_zyx_px, dtype=np.float64).reshape(-1)
     if shift.shape != (3,) or not np.all(np.isfinite(shift)):
@@ -127,7 +124,7 @@ def _check_shift(shift_zyx_px):
 
 def _check_field(field, full_shape, factors):
     field = np.asarray(field)
-    expected = (3,) + _coarse_shape(full_shape, factors)
+    expected = (3,) + binned_shape(full_shape, factors)
     if field.shape != expected:
         raise InputError(f"field: expected shape {expected} (3 components on the grid {factors} times coarser "
                          f"than the image {tuple(full_shape)}), got {field.shape}")
@@ -209,19 +206,6 @@ def rigid_shift(reference, moving, *, upsample_factor=20, window_alpha=0.3, norm
 
 
 # optical flow ----------------------------------------------------------------------------------
-def _block_mean(image, factors):
-    """float32 mean over blocks of ``factors`` voxels; the last partial blocks are padded by edge values."""
-    image = np.asarray(image, dtype=np.float32)
-    if factors == (1, 1, 1):
-        return image.copy()
-    coarse = _coarse_shape(image.shape, factors)
-    pad = [(0, c * f - n) for c, f, n in zip(coarse, factors, image.shape)]
-    if any(p[1] for p in pad):
-        image = np.pad(image, pad, mode="edge")
-    (cz, cy, cx), (fz, fy, fx) = coarse, factors
-    return image.reshape(cz, fz, cy, fy, cx, fx).mean(axis=(1, 3, 5), dtype=np.float32)
-
-
 def _normalise(image, low=1.0, high=99.5):
     """Map the ``low`` and ``high`` percentiles to 0 and 1 (brightness constancy across rounds)."""
     lo, hi = np.percentile(image, [low, high])
@@ -300,8 +284,8 @@ def optical_flow_field(reference, moving, *, shift_zyx_px=None, downsample=DEFAU
     factors = _factors(downsample)
     shift = rigid_shift(reference, moving) if shift_zyx_px is None else _check_shift(shift_zyx_px)
     f = np.asarray(factors, dtype=np.float64)
-    ref_c = _normalise(_block_mean(reference, factors))
-    mov_c = _normalise(_block_mean(moving, factors))
+    ref_c = _normalise(block_mean(reference, factors))
+    mov_c = _normalise(block_mean(moving, factors))
     # Coarse sample j averages the block centred at f j + (f - 1)/2; the block
     # of apply_transform(moving, shift) there is the block of moving centred
     # at f j + (f - 1)/2 + shift, i.e. coarse position j + shift / f.

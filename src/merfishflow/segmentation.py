@@ -89,11 +89,12 @@ another ~25 % time: ``bench_segmentation.py --shapes 24x1024x1024``, 2 CPUs,
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from .binning import block_mean
 from .errors import InputError
 from .masks import count_label_pairs
 from .registration import as_volume
@@ -177,6 +178,14 @@ class SegmentationParams:
         marker minus this weight times the depth in the foreground (capped at
         ``_DEPTH_CAP_UM``): 0 = a Voronoi split by the markers; larger values
         let the split follow necks of the foreground.
+    working_voxel_yx_um : float
+        The cells are split (markers, watershed) on the image binned in y
+        and x to about this pixel size, µm (a whole number of pixels per
+        bin, at least 1); the foreground is found at full resolution, and
+        the labels are brought back to it inside that foreground. Cells are
+        micrometres across: splitting them at 0.1 µm pixels costs ~9 times
+        the time and memory for no accuracy (``docs/masks.md``). 0 = split
+        at full resolution.
     cellpose_model : str
         Cellpose model name (``method="cellpose"`` only).
     cell_diameter_um : float
@@ -202,6 +211,7 @@ class SegmentationParams:
     seed_nucleus_distance_um: float = 4.0
     split_depth_weight: float = 2.0
     max_cell_radius_um: float = 5.0
+    working_voxel_yx_um: float = 0.3
     cellpose_model: str = "cyto3"
     cell_diameter_um: float = 7.0
 
@@ -228,11 +238,18 @@ class SegmentationParams:
             "split_depth_weight": self.split_depth_weight >= 0,
             "max_cell_radius_um": self.max_cell_radius_um >= 0,
             "cell_diameter_um": self.cell_diameter_um > 0,
+            "working_voxel_yx_um": self.working_voxel_yx_um >= 0,
         }
         for name, ok in checks.items():
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value) or not ok:
                 raise InputError(f"segmentation parameter {name}: invalid value {value!r}")
+
+    def binning_factor(self, voxel_yx_um):
+        """Pixels per bin in y and x for the cell split, for pixels of ``voxel_yx_um`` (see ``working_voxel_yx_um``)."""
+        if self.working_voxel_yx_um <= 0:
+            return 1
+        return max(1, int(round(self.working_voxel_yx_um / float(voxel_yx_um))))
 
     def to_dict(self):
         """JSON-able dict; ``SegmentationParams(**d)`` re-creates the object."""
@@ -472,15 +489,40 @@ def merge_small_regions(labels, min_voxels, max_rounds=10):
     return labels
 
 
-def _segment_watershed(image, voxel, params, progress):
-    from scipy.spatial import cKDTree
-    from skimage.segmentation import relabel_sequential, watershed
-
+def _smoothed_foreground(image, voxel, params):
     work = image.astype(np.float32, copy=True)
     if params.smoothing_sigma_um > 0:
         ndi.gaussian_filter(work, params.smoothing_sigma_um / voxel, output=work)
-    fg = _foreground(work, voxel, params)
-    del work
+    return _foreground(work, voxel, params)
+
+
+def _segment_watershed(image, voxel, params, progress):
+    f = params.binning_factor(voxel[1])
+    if f == 1:
+        return _split_cells(image, voxel, params, progress)
+    fg = _smoothed_foreground(image, voxel, params)
+    if fg is None or not fg.any():
+        progress("segmentation: no cell/background contrast; 0 cells")
+        return np.zeros(image.shape, dtype=np.uint32)
+    progress(f"segmentation: foreground {fg.mean():.1%} of the volume at full resolution; "
+             f"splitting cells on {f} x {f} bins")
+    binned = block_mean(image, (1, f, f))
+    # The binned mask only bounds the watershed; the full-resolution mask (eroded) decides the edges.
+    labels = _split_cells(binned, voxel * np.array([1.0, f, f]), replace(params, edge_erosion_voxels=0), progress)
+    del binned
+    full = np.repeat(np.repeat(labels, f, axis=1), f, axis=2)[:, :image.shape[1], :image.shape[2]]
+    del labels
+    full[~fg] = 0
+    del fg
+    # The full-resolution mask can leave slivers of a cell, or of one that mostly lay outside it.
+    return _clean_up_cells(full, voxel, params)
+
+
+def _split_cells(image, voxel, params, progress):
+    from scipy.spatial import cKDTree
+    from skimage.segmentation import watershed
+
+    fg = _smoothed_foreground(image, voxel, params)
     if fg is None or not fg.any():
         progress("segmentation: no cell/background contrast; 0 cells")
         return np.zeros(image.shape, dtype=np.uint32)
@@ -517,12 +559,17 @@ def _segment_watershed(image, voxel, params, progress):
     markers[tuple(coords.T)] = np.arange(1, len(coords) + 1, dtype=np.int32)
     labels = watershed(distance, markers, mask=fg)
     del distance, markers, fg
+    return _clean_up_cells(labels, voxel, params)
+
+
+def _clean_up_cells(labels, voxel, params):
+    """Small regions merged into their neighbours, then smaller ones removed; renumbered 1..N in label order."""
+    from skimage.segmentation import relabel_sequential
+
     if params.merge_volume_um3 > 0:
         labels = merge_small_regions(labels, params.merge_volume_um3 / float(np.prod(voxel)))
-    # Remove small cells, renumber 1..N keeping the seeds' raster order.
     min_voxels = params.min_cell_volume_um3 / float(np.prod(voxel))
-    sizes = np.bincount(labels.reshape(-1), minlength=len(coords) + 1)
-    small = sizes < min_voxels
+    small = np.bincount(labels.reshape(-1)) < min_voxels
     small[0] = False
     if small.any():
         labels[small[labels]] = 0

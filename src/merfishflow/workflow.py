@@ -308,11 +308,18 @@ class Pipeline:
         return int(math.ceil(5 + self.experiment.n_bits * self._voxels / 5e6 / 60)) * attempt
 
     def segment_mem_mb(self, attempt: int = 1) -> int:
-        """~52 bytes per voxel of the tile plus its neighbours' band (distance transforms, watershed;
-        benchmarks/RESULTS.md), with some headroom."""
+        """Bytes per voxel of the tile plus its neighbours' band, with some headroom (benchmarks/RESULTS.md,
+        segmentation): 13 when the cells are split on f x f bins (full-resolution smoothing, foreground and
+        labels, and the split's ~52 on 1/f^2 of the voxels), 52 when they are split at full resolution."""
+        from .segmentation import SegmentationParams
+
+        options = {k: v for k, v in self.config["segmentation"].items() if k not in ("context_um", "image")}
         z, y, x = self.experiment.image_shape_zyx
-        band = 2 * int(round(self.segment_context_um / self.experiment.voxel_size_zyx_um[1]))
-        return int(math.ceil(800 + 56 * z * (y + band) * (x + band) / 2**20)) * attempt
+        voxel_yx = self.experiment.voxel_size_zyx_um[1]
+        f = SegmentationParams.from_dict(options).binning_factor(voxel_yx)
+        per_voxel = 56 if f == 1 else 16 + 56 / f**2
+        band = 2 * int(round(self.segment_context_um / voxel_yx))
+        return int(math.ceil(800 + per_voxel * z * (y + band) * (x + band) / 2**20)) * attempt
 
     def register_mem_mb(self, attempt: int = 1) -> int:
         """Reference, moving and resampled volumes in float32, plus ~5 complex64 copies of the rigid crop."""
