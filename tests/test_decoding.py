@@ -305,3 +305,92 @@ def test_enhancement_does_not_depend_on_slabs_or_threads_and_follows_scipy():
                 a, b = max(0, z0 - halo), min(21, z1 + halo)
                 parts.append(enhance_bits(vol[:, a:b].copy(), (z0 - a, z1 - a), sig, params.truncate, threads).copy())
         assert np.concatenate(parts, axis=1).tobytes() == whole.tobytes(), (slab, threads, blas)
+
+
+class _CountingReader:
+    """``array_reader(stack)`` that records the planes (and y/x window) of every call; ``out=`` is taken only
+    when ``takes_out`` (the decoder then reads into its slab buffer), else the plain contract."""
+
+    def __init__(self, stack, takes_out):
+        self.inner = array_reader(stack)
+        self.calls = []
+        self.read = self._read_into if takes_out else self._read
+
+    def _read(self, z0, z1, window=None):
+        self.calls.append((z0, z1, window))
+        return self.inner(z0, z1, window)
+
+    def _read_into(self, z0, z1, window=None, out=None):
+        self.calls.append((z0, z1, window))
+        return self.inner(z0, z1, window, out=out)
+
+    def planes(self, windowed):
+        return [z for z0, z1, window in self.calls if (window is not None) == windowed for z in range(z0, z1)]
+
+
+@pytest.mark.parametrize("slab_planes", [1, 3, 5])
+def test_the_slab_path_reads_every_plane_once(slab_planes):
+    """Consecutive slabs share their z halo's raw planes (kept in the slab buffer), so each pass asks
+    ``read_bits`` for every plane exactly once, in order; the spots are those of the tile read and filtered
+    whole, byte for byte, whether ``read_bits`` fills the decoder's buffer (``out=``) or returns arrays."""
+    centres = [(2.0, 10.0, 10.0), (5.5, 20.0, 20.0), (6.0, 30.0, 12.0), (9.0, 12.0, 30.0), (3.5, 30.0, 30.0)]
+    # Wider than the filters' y/x reach (28 px) on each side of a small refinement crop.
+    stack = _synthetic(centres, [0, 1, 2, 3, 4], CODEWORDS, shape=(12, 40, 100))
+    Z, shape, voxel = stack.shape[1], stack.shape[1:], (0.31, 0.108, 0.108)
+    common = dict(slab_planes=slab_planes, min_spots_per_bit=1, n_iterations=3)
+    whole = _CountingReader(stack, takes_out=True)
+    reference = decode_tile(whole.read, shape, CODEWORDS, voxel, DecodingParams(**common))
+    assert whole.calls == [(0, Z, None)]
+    assert len(reference.spots) == 5
+    # The refinement crop is the whole tile here: both passes read whole planes.
+    for takes_out in (True, False):
+        reader = _CountingReader(stack, takes_out)
+        slabs = decode_tile(reader.read, shape, CODEWORDS, voxel, DecodingParams(whole_tile_max_voxels=0, **common))
+        assert reader.planes(windowed=False) == list(range(Z)) * 2, reader.calls
+        assert slabs.spots.to_numpy().tobytes() == reference.spots.to_numpy().tobytes()
+        assert slabs.scale.tobytes() == reference.scale.tobytes()
+    # A refinement crop smaller than the tile is read as a window, slab by slab, each plane once too.
+    crop = dict(common, whole_tile_max_voxels=0, refine_max_voxels=Z * 20 * 20)
+    results = []
+    for takes_out in (True, False):
+        reader = _CountingReader(stack, takes_out)
+        results.append(decode_tile(reader.read, shape, CODEWORDS, voxel, DecodingParams(**crop)))
+        assert reader.planes(windowed=True) == list(range(Z)), reader.calls
+        assert reader.planes(windowed=False) == list(range(Z)), reader.calls
+    assert results[0].spots.to_numpy().tobytes() == results[1].spots.to_numpy().tobytes()
+    # As the same crop cut from the tile held whole (float32 rounding of the window's filters aside).
+    held = decode_tile(array_reader(stack), shape, CODEWORDS, voxel,
+                       DecodingParams(**dict(crop, whole_tile_max_voxels=2**24)))
+    _assert_same_spots(held, results[0])
+
+
+@pytest.mark.parametrize("halo_sigma_um", [0.0, 0.31, 0.9])
+def test_slab_buffer_enhances_like_a_fresh_slab_with_its_halo(halo_sigma_um):
+    """The slab buffer (halo planes carried over, results written over consumed planes) gives the values of
+    each slab read with its halo into a fresh array and filtered in place, byte for byte; also with a halo
+    longer than the slab (0.9 um: 9 planes) and none."""
+    from merfishflow.decoding import _SlabReader, _sigmas_px, enhance_bits
+
+    params = DecodingParams(lowpass_sigma_zyx_um=(halo_sigma_um, 0.108, 0.108))
+    sig = _sigmas_px(params, (0.31, 0.108, 0.108))
+    halo = sig["halo_z"]
+    vol = np.random.default_rng(4).poisson(20.0, size=(3, 11, 36, 33)).astype(np.float32)
+    Z = vol.shape[1]
+    for slab_planes, threads, window in ((4, 1, None), (1, 2, None), (3, 2, (4, 30, 0, 25)), (11, 1, None)):
+        y0, y1, x0, x1 = window or (0, 36, 0, 33)
+        reader = _SlabReader(array_reader(vol), 3, vol.shape[1:], window, slab_planes, halo,
+                             lambda s, core, out: enhance_bits(s, core, sig, params.truncate, threads, out=out))
+        for z0 in range(0, Z, slab_planes):
+            z1 = min(Z, z0 + slab_planes)
+            a, b = max(0, z0 - halo), min(Z, z1 + halo)
+            fresh = vol[:, a:b, y0:y1, x0:x1].copy()
+            want = enhance_bits(fresh, (z0 - a, z1 - a), sig, params.truncate, threads)
+            assert reader(z0, z1).tobytes() == want.tobytes(), (slab_planes, threads, window, z0)
+
+
+def test_a_slab_reader_with_the_wrong_bit_count_is_rejected():
+    stack = np.zeros((8, 6, 16, 16), np.float32)
+    for reader in (array_reader(stack), lambda z0, z1, window=None: np.zeros((8, z1 - z0, 16, 16), np.float32)):
+        with pytest.raises(InputError, match=r"returned shape \(8, .*codebook has 5 bits"):
+            decode_tile(reader, stack.shape[1:], CODEWORDS[:, :5], (0.31, 0.108, 0.108),
+                        DecodingParams(whole_tile_max_voxels=0, slab_planes=2))
