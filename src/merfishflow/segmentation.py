@@ -24,6 +24,15 @@ The default method (``"watershed"``) needs no GPU and no model download:
    space between cells, which a full 2D fill would close), then every hole
    in 3D; the mask is then eroded by ``edge_erosion_voxels`` (6-connected),
    because blur leaves the half-maximum mask about a voxel too large.
+   **Steps 4 to 10 run on bins**: the image binned in y and x to about
+   ``working_voxel_yx_um`` (3 x 3 pixels at 0.108 µm;
+   :func:`merfishflow.binning.block_mean`), with steps 1 to 3 repeated on
+   it without the erosion to bound the watershed. The labels are then
+   repeated back to full resolution, cut to the full-resolution mask of
+   step 3, and steps 9 and 10 run once more there for the pieces this
+   leaves. Cells are micrometres across, so the split needs no 0.1 µm
+   pixels, but the edges do: binning everything scores 0.02-0.03 lower on
+   the simulator, binning only the split scores as the full resolution.
 4. **Nucleus markers.** Nuclei are dimmer than the cytoplasm around them
    (the simulator's 0.35x, a log contrast of -1.05 before blur). The
    darkness is the log image smoothed with ``nucleus_sigma_um`` minus the
@@ -74,17 +83,12 @@ size) when the optional ``cellpose`` package is installed; it is not a
 dependency of merfishflow, and asking for it without the package raises
 :class:`~merfishflow.errors.InputError`.
 
-Cost: the watershed method peaks at about 42 bytes per voxel (float32 image
-copies, scipy's int32 feature transform inside the distance transforms, the
-watershed's internal arrays) and ~2.5 µs per voxel on 2 CPUs: measured 266 s
-and 4.4 GB for (25, 2048, 2048), i.e. ~18 min and ~18 GB extrapolated for a
-(100, 2048, 2048) tile; see ``benchmarks/RESULTS.md`` (before the nucleus
-markers). The nucleus markers add ~15 % time and ~6 % peak memory: on one
-core, (24, 1024, 1024), 76 s and 51 B/voxel of peak RSS above the input vs
-65 s and 48 B/voxel with ``nucleus_log_contrast=0``. The foreground steps and
-the unclaimed-foreground seeds (up to two more distance transforms) add
-another ~25 % time: ``bench_segmentation.py --shapes 24x1024x1024``, 2 CPUs,
-83.6 s and 52 B/voxel, against 67.0 s and 48 B/voxel for the previous commit.
+Cost (``benchmarks/RESULTS.md``, segmentation): with the split on 3 x 3
+bins, ``bench_segmentation.py --shapes 24x1024x1024`` on 2 CPUs takes 7.85 s
+and 13 B/voxel of peak RSS above the input, against 93 s and 52 B/voxel with
+the split at full resolution (``working_voxel_yx_um=0``: scipy's int32
+feature transforms and float64 distances, the watershed's arrays, on every
+voxel). A (100, 2048, 2048) tile, measured: 221 s and 4.0 GB.
 """
 
 from __future__ import annotations
