@@ -106,6 +106,8 @@ def accuracy(experiment_dir):
                           "n_true": int(len(np.unique(truth[truth > 0])))}))
     n_true = len(np.unique(np.concatenate([np.unique(t[t > 0]) for t in truths])))
     out = {"mosaic_mean_iou": round(mosaic_mean_iou(merged, truths, origins, voxel), 3),
+           # Secondary: without the true cells of which less than the smallest cell kept is visible.
+           "mosaic_mean_iou_min_5um3": round(mosaic_mean_iou(merged, truths, origins, voxel, min_volume_um3=5.0), 3),
            "n_cells": len(cells.table), "n_true": int(n_true)}
     # Spots: the true positives of the decoded, filtered, assigned table.
     spots = pq.read_table(paths.assigned_spots).to_pandas()

@@ -131,6 +131,18 @@ def test_mosaic_mean_iou_counts_a_cell_spanning_tiles_once():
         mosaic_mean_iou([truth_a], [truth_a, truth_b], origins, (1.0, 1.0, 1.0))
 
 
+def test_mosaic_mean_iou_can_leave_out_slivers():
+    """A true cell of 2 visible voxels that nothing predicts: counted as 0 by default, left out above 2 um^3."""
+    truth = np.zeros((1, 10, 10), np.int32)
+    truth[0, 2:8, 2:8] = 1
+    truth[0, 0, 8:10] = 2                          # the sliver, 2 um^3 at 1 um voxels
+    predicted = np.where(truth == 1, 5, 0)
+    args = ([predicted], [truth], [(0.0, 0.0, 0.0)], (1.0, 1.0, 1.0))
+    assert mosaic_mean_iou(*args) == pytest.approx(0.5)
+    assert mosaic_mean_iou(*args, min_volume_um3=2.0) == pytest.approx(0.5)     # 2 voxels: still in
+    assert mosaic_mean_iou(*args, min_volume_um3=2.5) == 1.0
+
+
 def test_foreground_caps_the_score(segmented, tile):
     """Ceiling analysis of docs/masks.md, 'Accuracy': our foreground split perfectly (each foreground
     voxel given its nearest true label) scores 0.741 on this tile (0.676 with the per-plane threshold

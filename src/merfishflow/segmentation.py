@@ -749,20 +749,27 @@ def mosaic_overlaps(predicted_tiles, truth_tiles, origins_um, voxel_size_zyx_um)
     return pair_counts, truth_sizes, predicted_sizes
 
 
-def mosaic_mean_iou(predicted_tiles, truth_tiles, origins_um, voxel_size_zyx_um):
+def mosaic_mean_iou(predicted_tiles, truth_tiles, origins_um, voxel_size_zyx_um, *, min_volume_um3=0.0):
     """:func:`mean_iou` over a whole mosaic: each cell judged once, across tile overlaps.
 
     Voxels are pooled over the tiles as in :func:`mosaic_overlaps`; the score
     is then defined as in :func:`mean_iou` with global ids: a cell that spans
     tiles is one cell, and only cells cut by the outer edge of the mosaic are
-    judged on a visible part. Parameters as in :func:`mosaic_overlaps`.
+    judged on a visible part. Parameters as in :func:`mosaic_overlaps`;
+    ``min_volume_um3`` leaves out true cells with less visible volume (µm³;
+    0 = all), such as the slivers of cells that barely reach into the
+    imaged volume.
 
     Returns
     -------
     float
         NaN when no true cell is visible.
     """
-    return _mean_best_iou(*mosaic_overlaps(predicted_tiles, truth_tiles, origins_um, voxel_size_zyx_um))
+    pair_counts, truth_sizes, predicted_sizes = mosaic_overlaps(predicted_tiles, truth_tiles, origins_um,
+                                                                voxel_size_zyx_um)
+    min_voxels = float(min_volume_um3) / float(np.prod(_voxel_size(voxel_size_zyx_um)))
+    truth_sizes = {t: n for t, n in truth_sizes.items() if n >= min_voxels}
+    return _mean_best_iou(pair_counts, truth_sizes, predicted_sizes)
 
 
 def assignment_accuracy(true_cell, assigned_cell, pair_counts):
