@@ -20,7 +20,8 @@ Usage
 pipeline has run to the end: :func:`merfishflow.segmentation.mean_iou` of each
 tile's masks against ``ground_truth/cells_<tile>.tif``,
 :func:`~merfishflow.segmentation.mosaic_mean_iou` of the cells merged across
-tiles (each cell judged once), and
+tiles (each cell judged once; also without the true cells of which less
+than 5 µm³ is visible, as a secondary number), and
 :func:`~merfishflow.segmentation.assignment_accuracy` of the true-positive
 spots of ``decoded/all_tiles_filtered_cells.parquet``.
 """
