@@ -60,8 +60,7 @@ def codebook():
 
 
 class SyntheticTile:
-    """``read_bits(z0, z1, window=None, out=None)``: deterministic synthetic planes, generated on demand
-    (nothing kept), into ``out`` when the decoder passes its slab buffer."""
+    """``read_bits(z0, z1)``: deterministic synthetic planes, generated on demand (nothing kept)."""
 
     def __init__(self, shape, codewords, seed=0):
         self.shape = tuple(shape)
@@ -80,17 +79,12 @@ class SyntheticTile:
         return pd.DataFrame({"spot_id": np.arange(len(self.codes)), "tile": 0, "gene_id": self.codes,
                              "z_px": self.centres[:, 0], "y_px": self.centres[:, 1], "x_px": self.centres[:, 2]})
 
-    def __call__(self, z0, z1, window=None, out=None):
+    def __call__(self, z0, z1, window=None):
         if window is not None:
             y0, y1, x0, x1 = window
-            region = self(z0, z1)[:, :, y0:y1, x0:x1]
-            if out is None:
-                return np.ascontiguousarray(region)
-            out[...] = region
-            return out
+            return np.ascontiguousarray(self(z0, z1)[:, :, y0:y1, x0:x1])
         _, y, x = self.shape
-        if out is None:
-            out = np.empty((N_BITS, z1 - z0, y, x), np.float32)
+        out = np.empty((N_BITS, z1 - z0, y, x), np.float32)
         for k, z in enumerate(range(z0, z1)):
             rng = np.random.default_rng([self.seed, z])
             plane = rng.standard_normal((N_BITS, y, x), dtype=np.float32)
@@ -152,15 +146,12 @@ def throughput(shape, repeats):
     stack = reader(0, shape[0])
 
     read_time = [0.0]
-    planes_read = {"whole": 0, "window": 0}  # planes asked of read_bits (all bits), whole planes / y/x windows
     copy = array_reader(stack)
 
-    def read(z0, z1, window=None, out=None):
-        # ``out``: the decoder's slab buffer (a decoder that passes none gets a fresh array, as before).
+    def read(z0, z1, window=None):
         t0 = time.perf_counter()
-        out = copy(z0, z1, window) if out is None else copy(z0, z1, window, out=out)
+        out = copy(z0, z1, window)
         read_time[0] += time.perf_counter() - t0
-        planes_read["whole" if window is None else "window"] += z1 - z0
         return out
 
     # A tile that fits is read and filtered whole (one pass); else its refinement crop (with the filters'
@@ -191,11 +182,9 @@ def throughput(shape, repeats):
     single = DecodingParams(n_threads=1)
     for _ in range(repeats):
         read_time[0] = 0.0
-        planes_read.update(whole=0, window=0)
         t0 = time.perf_counter()
         result = decode_tile(read, shape, cw, VOXEL, params)
         t_decode.append(time.perf_counter() - t0)
-        planes_per_decode = dict(planes_read)
         t_read_in.append(read_time[0])
         g, ga = time_sgemm(n_vox, len(cw), params.chunk_pixels, 1)
         sgemm += g
@@ -223,8 +212,7 @@ def throughput(shape, repeats):
         "refine_max_voxels": params.refine_max_voxels, "whole_tile_max_voxels": params.whole_tile_max_voxels,
         "filter_threads": threads, "blas_threads": blas_threads,
         "decode_s": t_decode, "decode_1thread_s": t_decode1, "decode_read_bits_s": t_read_in,
-        "decode_1thread_read_bits_s": t_read_in1, "decode_planes_read": planes_per_decode["whole"],
-        "decode_window_planes_read": planes_per_decode["window"],
+        "decode_1thread_read_bits_s": t_read_in1,
         "ratio_decode_to_sgemm_1thread_excl_read":
             med([a - b for a, b in zip(t_decode1, t_read_in1)]) / g1, "filter_pass_s": t_filter, "read_copy_s": t_read,
         "sgemm_s": sgemm, "sgemm_argmax_s": sgemm_argmax, "sgemm_1thread_s": sgemm1,
@@ -306,9 +294,7 @@ def report(info, tp, mem, command):
             f"{tp['ratio_decode_to_sgemm_1thread_excl_read']:.2f}); target <= 2. "
             f"F1 against the synthetic molecules {tp['f1']:.3f} (P {tp['precision']:.3f}, R {tp['recall']:.3f}). "
             f"Filters ({tp['filter_passes']} pass(es)) = {100 * tp['filters_share']:.0f} % of the decode time, "
-            f"slab copies {100 * tp['read_copy_share']:.0f} %. Planes asked of `read_bits` per decode: "
-            f"{tp['decode_planes_read']} whole, {tp['decode_window_planes_read']} of the refinement window "
-            f"(the tile has {tp['shape'][0]}).", ""]
+            f"slab copies {100 * tp['read_copy_share']:.0f} %.", ""]
     if mem:
         lines += ["**Peak memory**, Z x 2048 x 2048 x 16 bits, `read_bits` generating planes on demand, "
                   "default `DecodingParams` (slab_planes 8, z halo 3, refinement crop 2^22 voxels):", "",

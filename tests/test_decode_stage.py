@@ -141,16 +141,3 @@ def test_a_codebook_without_blanks_keeps_every_spot_and_says_why(demo_copy, monk
     final, report = filter_experiment(experiment_dir, experiment.tiles, progress=lines.append)
     assert report["estimated_fdr"] is None and report["n_kept"] == report["n_input"]
     assert any("n/a: no blank codewords" in line for line in lines)
-
-
-def test_the_slab_path_decodes_a_tile_like_the_whole_tile_path(demo_copy):
-    """A tile too large to hold whole is read slab by slab, each plane into the decoder's slab buffer
-    (the stage's ``read_bits`` takes ``out=``): the same spots, byte for byte, as the workflow's run."""
-    _, _, experiment_dir = demo_copy
-    paths = ExperimentPaths(experiment_dir)
-    held = pq.read_table(paths.decoded_tile("tile0000")).to_pandas()
-    out = decode_tile_stage(experiment_dir, "tile0000", DecodingParams(whole_tile_max_voxels=0, slab_planes=3),
-                            progress=lambda m: None)
-    slabs = pq.read_table(out).to_pandas()
-    assert len(slabs) > 0
-    pd.testing.assert_frame_equal(slabs, held, check_exact=True)

@@ -111,9 +111,7 @@ Algorithm
 5. **Slabs**: the tile is decoded in slabs of ``slab_planes`` planes, each
    read with the low-pass's z halo, so every voxel's filtered values, and
    hence its barcode, distance and magnitude, equal those of whole-volume
-   processing. Consecutive slabs share the halo's raw planes, which are
-   kept in the slab buffer (:class:`_SlabReader`), so each plane is read
-   once per pass. Only the decoded voxels are kept (a sparse set: flat index,
+   processing. Only the decoded voxels are kept (a sparse set: flat index,
    barcode, distance, magnitude, the n_bits enhanced values and the magnitudes
    of its 6 face neighbours, taken from the neighbouring slab across a slab
    boundary), and the spots are formed from that set once all slabs are done:
@@ -124,11 +122,8 @@ Memory
 ------
 A tile of at most ``whole_tile_max_voxels`` voxels: ``4 * n_bits * Z * Y *
 X`` bytes (``read_bits``' array, filtered in place). A larger one: ``4 *
-n_bits * (slab_planes + 2 * halo) * Y * X`` bytes for the slab buffer
-(allocated once per pass and reused), ``4 * n_bits * refine_max_voxels``
-bytes of refinement crop, and, from a ``read_bits`` without ``out=``, its
-array of up to ``slab_planes`` new planes until it is copied into the
-buffer. Both: two single-bit
+n_bits * (slab_planes + 2 * halo) * Y * X`` bytes for the slab and ``4 *
+n_bits * refine_max_voxels`` bytes of refinement crop. Both: two single-bit
 slab buffers per filter thread, and ``~4 * n_bits + 40`` bytes per decoded voxel
 (about 1 % of the voxels in dense tissue). Measured: see benchmarks/RESULTS.md
 ("Pixel decoding").
@@ -137,7 +132,6 @@ slab buffers per filter thread, and ``~4 * n_bits + 40`` bytes per decoded voxel
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -540,18 +534,16 @@ def _apply_last_axis(opt, radius, src, dst, block=16):
         np.matmul(src[:, k0:k1], opt[k0:k1, c0:c1], out=dst[:, c0:c1])
 
 
-def _enhance_one(vol, z_core, sigmas, truncate, buffers, ops, dest=None):
-    """Filter one bit's slab ``vol`` (nz, Y, X); the result is left in ``dest`` (default ``vol[a:b]``).
+def _enhance_one(vol, z_core, sigmas, truncate, buffers, ops):
+    """Filter one bit's slab ``vol`` (nz, Y, X); the result is left in ``vol[a:b]``.
 
     The z pass (sgemm with the banded operator ``ops["z"]``, :func:`_apply_axis0`) computes the core planes
     into a per-worker buffer; the per-plane passes (y, x, background, subtraction) then run plane by
     plane, so that their data stays in the CPU cache, ping-ponging between that buffer, ``vol`` and a
     plane-sized scratch. ``buffers`` (a list, filled on first use) is reused from bit to bit: fresh large
-    arrays cost page faults. ``dest`` may overlap ``vol`` as :func:`enhance_bits` allows for ``out``.
+    arrays cost page faults.
     """
     a, b = z_core
-    if dest is None:
-        dest = vol[a:b]
     sz, sy, sx = sigmas["lowpass_zyx"]
     sbg = sigmas["background_yx"]
     f = sigmas.get("background_downsample", 1)
@@ -568,7 +560,7 @@ def _enhance_one(vol, z_core, sigmas, truncate, buffers, ops, dest=None):
     else:
         src = vol[a:b]
     for i in range(b - a):
-        cur, target = src[i:i + 1], dest[i:i + 1]
+        cur, target = src[i:i + 1], vol[a + i:a + i + 1]
         if sy > 0:
             dst = p1 if cur is not p1 else p2
             _apply_axis0(ops["y"], ops["ry"], cur[0], dst[0])
@@ -590,15 +582,13 @@ def _enhance_one(vol, z_core, sigmas, truncate, buffers, ops, dest=None):
             np.maximum(target, 0, out=target)
 
 
-def enhance_bits(stack, z_core, sigmas: dict, truncate: float, n_threads: int = 1, out=None):
+def enhance_bits(stack, z_core, sigmas: dict, truncate: float, n_threads: int = 1):
     """DoG spot enhancement of a slab, in place.
 
     Parameters
     ----------
     stack : float32 ndarray (n_bits, nz, Y, X)
-        The slab with its z halo, each bit's planes contiguous. Without ``out``, planes ``a:b`` are
-        overwritten with the result; the halo planes are never written (the decoder keeps raw planes
-        there for the next slab).
+        The slab with its z halo; overwritten.
     z_core : tuple (a, b)
         Planes ``a:b`` of ``stack`` to return (the rest is halo).
     sigmas : dict
@@ -607,18 +597,11 @@ def enhance_bits(stack, z_core, sigmas: dict, truncate: float, n_threads: int = 
     n_threads : int
         Bits filtered in parallel (scipy.ndimage releases the GIL); each bit is filtered by itself, so
         the result does not depend on it.
-    out : float32 ndarray (n_bits, b - a, Y, X), optional
-        Where to write the result instead of ``stack[:, a:b]``. ``out[k]`` may share memory with
-        ``stack[k]`` (and with no other bit's planes): the z low-pass reads all of a bit's planes before
-        its first result plane is written. Without a z pass (no z low-pass, or a one-plane slab) the
-        planes are filtered one by one in place, so then result plane ``i`` must not lie after input
-        plane ``a + i`` in memory. The decoder writes each slab's result over the planes it has
-        consumed, so that the raw planes the next slab needs survive the filter.
 
     Returns
     -------
     float32 ndarray (n_bits, b - a, Y, X)
-        ``out``, or a view of ``stack``: ``max(0, G_lp * I - G_bg2D * (G_lp * I))``.
+        A view of ``stack``: ``max(0, G_lp * I - G_bg2D * (G_lp * I))``.
     """
     n = stack.shape[0]
     workers = max(1, min(n_threads, n))
@@ -637,7 +620,7 @@ def enhance_bits(stack, z_core, sigmas: dict, truncate: float, n_threads: int = 
     def run(w):
         buffers = []
         for k in range(w, n, workers):
-            _enhance_one(stack[k], z_core, sigmas, truncate, buffers, ops, None if out is None else out[k])
+            _enhance_one(stack[k], z_core, sigmas, truncate, buffers, ops)
 
     if workers > 1:
         from concurrent.futures import ThreadPoolExecutor
@@ -650,7 +633,7 @@ def enhance_bits(stack, z_core, sigmas: dict, truncate: float, n_threads: int = 
     else:
         run(0)
     a, b = z_core
-    return stack[:, a:b] if out is None else out
+    return stack[:, a:b]
 
 
 # normalization ---------------------------------------------------------------------------------
@@ -1067,132 +1050,6 @@ def _table(stats, codes, peaks, n_bits, params: DecodingParams, shape):
     return df, peaks, n_rejected
 
 
-def _reads_into(read_bits) -> bool:
-    """Whether ``read_bits`` takes ``out=`` (a parameter of that name, or ``**kwargs``)."""
-    try:
-        parameters = inspect.signature(read_bits).parameters.values()
-    except (TypeError, ValueError):  # no signature to inspect (a builtin): the plain contract
-        return False
-    return any(p.kind is p.VAR_KEYWORD or (p.name == "out" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
-               for p in parameters)
-
-
-def _read_planes(read_bits, a, b, window, n_bits, tile_shape, out=None, into=False):
-    """Planes ``a:b`` of every bit from ``read_bits``, checked against the codebook's bit count and the tile.
-
-    Parameters
-    ----------
-    read_bits : callable
-        As :func:`decode_tile` takes it.
-    a, b : int
-        The planes.
-    window : tuple (y0, y1, x0, x1) or None
-        A y/x window, or None for whole planes (then ``read_bits`` is called without it).
-    n_bits : int
-    tile_shape : tuple (Z, Y, X)
-    out : float32 ndarray (n_bits, b - a, wy, wx), optional
-        Where the planes go (a view of a slab buffer).
-    into : bool
-        ``read_bits`` takes ``out=`` (:func:`_reads_into`): it is asked to write into ``out``.
-
-    Returns
-    -------
-    float32 ndarray (n_bits, b - a, wy, wx)
-        ``out`` if given; else ``read_bits``' array, converted only if it is not a writeable C-contiguous
-        float32 array (the caller filters it in place).
-    """
-    Y, X = tile_shape[1:]
-    wy, wx = (Y, X) if window is None else (window[1] - window[0], window[3] - window[2])
-    args = (a, b) if window is None else (a, b, window)
-    got = read_bits(*args, out=out) if into and out is not None else read_bits(*args)
-    if out is not None and got is out:
-        return out
-    # A reader may return a new array even when given ``out``: checked and copied like any other.
-    stack = np.asarray(got)
-    if stack.shape != (n_bits, b - a, wy, wx):
-        raise InputError(
-            f"read_bits({a}, {b}{'' if window is None else f', {window}'}) returned shape {stack.shape}; "
-            f"expected {(n_bits, b - a, wy, wx)} (the codebook has {n_bits} bits, the tile is {tuple(tile_shape)})")
-    if out is not None:
-        out[...] = stack
-        return out
-    if stack.dtype != np.float32 or not stack.flags.writeable or not stack.flags.c_contiguous:
-        stack = np.array(stack, dtype=np.float32, order="C")
-    return stack
-
-
-class _SlabReader:
-    """``get_slab(z0, z1)`` for consecutive slabs of a tile, or of a y/x window of it: the enhanced planes
-    ``z0:z1``, every raw plane read once.
-
-    A slab is filtered with the low-pass's z halo, so consecutive slabs share ``2 halo`` raw planes: the
-    last ``halo`` core planes and the trailing halo of one are the leading halo of the next. Reading each
-    slab with its halo into a fresh array read (slab_planes + 2 halo) / slab_planes of the tile (1.75 x at
-    the defaults) and paid fresh memory's page faults on every slab. Here one float32 buffer of at most
-    ``slab_planes + 2 halo`` planes of every bit (the largest halo'd slab of a tile that has that many) is
-    allocated per pass and reused. Raw plane ``p`` of the slab that starts at ``z0`` lives at index
-    ``p - z0 + halo``, and the enhanced planes are written to indices ``0 : z1 - z0`` (:func:`enhance_bits`'
-    ``out``), over raw planes the z low-pass has already consumed; so the raw planes ``z1 - halo : z1 + halo``,
-    from index ``z1 - z0`` on, survive the filter. The next call moves them ``z1 - z0`` indices to the front
-    (``2 halo`` planes copied in memory) and reads only the planes after them, into place when ``read_bits``
-    takes ``out=``. A tile of one slab has nothing to carry: its planes start at index 0. The filtered
-    values are those of a fresh halo'd slab: same planes, same operators.
-
-    Parameters
-    ----------
-    read_bits : callable
-        As :func:`decode_tile` takes it.
-    n_bits : int
-    tile_shape : tuple (Z, Y, X)
-    window : tuple (y0, y1, x0, x1) or None
-        Only this y/x window of each plane.
-    slab_planes, halo : int
-    enhance : callable
-        ``enhance(stack, z_core, out)``: :func:`enhance_bits` with the decoder's sigmas and threads.
-
-    Notes
-    -----
-    Call it for ``z0`` in ``range(0, Z, slab_planes)``, ``z1 = min(Z, z0 + slab_planes)``, in order (out of
-    order, a slab is read whole; other ranges are refused). The array returned is a view of the buffer,
-    valid until the next call: :class:`_VoxelCollector` keeps only copies of what it needs from a slab
-    (gathered traces, its own magnitude map).
-    """
-
-    def __init__(self, read_bits, n_bits, tile_shape, window, slab_planes, halo, enhance):
-        Z, Y, X = tile_shape
-        self.window = None if window is None or tuple(window) == (0, Y, 0, X) else tuple(window)
-        wy, wx = (Y, X) if self.window is None else (window[1] - window[0], window[3] - window[2])
-        self.read_bits, self.n_bits, self.tile_shape = read_bits, n_bits, tuple(tile_shape)
-        self.slab_planes, self.halo, self.enhance = slab_planes, halo, enhance
-        self.into = _reads_into(read_bits)
-        # Index of a slab's plane z0: room for a leading halo (the first slab has none, but the raw planes it
-        # hands on must lie beyond its results). The largest extent from z0 to a slab's last raw plane is the
-        # first slab's.
-        self.offset = halo if Z > slab_planes else 0
-        self.buf = np.empty((n_bits, min(Z, slab_planes + halo) + self.offset, wy, wx), np.float32)
-        self._carry = None  # (next slab's z0, this slab's z0, first and end raw plane kept)
-
-    def __call__(self, z0, z1):
-        Z, h, buf, o = self.tile_shape[0], self.halo, self.buf, self.offset
-        if not (0 <= z0 < Z and z0 % self.slab_planes == 0 and z1 == min(Z, z0 + self.slab_planes)):
-            raise ValueError(f"slab {z0}:{z1} of a tile of {Z} planes in slabs of {self.slab_planes}")
-        a, b = max(0, z0 - h), min(Z, z1 + h)
-        first = a
-        if self._carry is not None and self._carry[0] == z0:
-            _, prev_z0, c0, c1 = self._carry
-            # Plane by plane from the front: each destination index is below its source's, and every
-            # source is copied before a later plane's copy lands on it (one slice assignment of overlapping
-            # ranges would go through a temporary copy).
-            for p in range(c0, c1):
-                buf[:, p - z0 + o] = buf[:, p - prev_z0 + o]
-            first = c1
-        self._carry = (z1, z0, max(0, z1 - h), b) if z1 < Z else None
-        if first < b:
-            _read_planes(self.read_bits, first, b, self.window, self.n_bits, self.tile_shape,
-                         out=buf[:, first - z0 + o:b - z0 + o], into=self.into)
-        return self.enhance(buf[:, a - z0 + o:b - z0 + o], (z0 - a, z1 - a), buf[:, :z1 - z0])
-
-
 def _decode_source(get_slab, n_planes, shape_yx, codewords, scale, background, params, progress):
     collector = _VoxelCollector(codewords, scale, background, params, shape_yx)
     for z0 in range(0, n_planes, params.slab_planes):
@@ -1256,14 +1113,8 @@ def decode_tile(read_bits: Callable, shape_zyx, codewords, voxel_size_zyx_um, pa
         y1, x0, x1)`` only that y/x window, ``(n_bits, z1 - z0, y1 - y0, x1 -
         x0)`` (asked for only when the tile has more than
         ``whole_tile_max_voxels`` voxels). It must return a **new** array: the
-        decoder filters it in place. It may also take ``out=``, a float32
-        array of that shape (a view of the decoder's slab buffer; bits not
-        contiguous with each other), then write the planes into ``out`` and
-        return it, which saves the copy from its array into the buffer (it
-        may still return a new array instead). A tile larger than
-        ``whole_tile_max_voxels`` is read slab by slab in z order, each plane
-        once per pass. :func:`array_reader` makes one for an array in
-        memory.
+        decoder filters it in place. :func:`array_reader` makes one for an
+        array in memory.
     shape_zyx : tuple of 3 int
         Shape of one bit image (Z, Y, X).
     codewords : array-like (n_codewords, n_bits) of 0/1
@@ -1289,19 +1140,12 @@ def decode_tile(read_bits: Callable, shape_zyx, codewords, voxel_size_zyx_um, pa
 
 def array_reader(stack) -> Callable:
     """``read_bits`` for :func:`decode_tile` from an array-like ``(n_bits, Z, Y, X)`` already in memory
-    (numpy, or anything sliced the same way): each call returns a fresh float32 copy of the region, or,
-    given ``out`` of the region's shape, copies it into ``out`` and returns that (another shape: a fresh
-    copy, which :func:`decode_tile` rejects with both shapes in its message)."""
-    def read_bits(z0, z1, window=None, out=None):
+    (numpy, or anything sliced the same way): each call returns a fresh float32 copy of the region."""
+    def read_bits(z0, z1, window=None):
         if window is None:
-            region = stack[:, z0:z1]
-        else:
-            y0, y1, x0, x1 = window
-            region = stack[:, z0:z1, y0:y1, x0:x1]
-        if out is None or np.shape(region) != out.shape:
-            return np.array(region, dtype=np.float32)
-        out[...] = region
-        return out
+            return np.array(stack[:, z0:z1], dtype=np.float32)
+        y0, y1, x0, x1 = window
+        return np.array(stack[:, z0:z1, y0:y1, x0:x1], dtype=np.float32)
 
     return read_bits
 
@@ -1327,8 +1171,20 @@ def _decode_tile(read_bits, shape_zyx, codewords, voxel_size_zyx_um, params, pro
     halo = sig["halo_z"]
     threads = _n_threads(params, n_bits)
 
-    def enhance(stack, z_core, out=None):
-        return enhance_bits(stack, z_core, sig, params.truncate, threads, out=out)
+    def read_enhanced(z0, z1, window=None):
+        """Planes z0:z1 enhanced (read with the z halo); ``window`` (y0, y1, x0, x1): only that y/x window."""
+        a, b = max(0, z0 - halo), min(Z, z1 + halo)
+        if window == (0, Y, 0, X):
+            window = None
+        stack = np.asarray(read_bits(a, b) if window is None else read_bits(a, b, window))
+        wy, wx = (Y, X) if window is None else (window[1] - window[0], window[3] - window[2])
+        if stack.shape != (n_bits, b - a, wy, wx):
+            raise InputError(
+                f"read_bits({a}, {b}{'' if window is None else f', {window}'}) returned shape {stack.shape}; "
+                f"expected {(n_bits, b - a, wy, wx)} (the codebook has {n_bits} bits, the tile is {shape})")
+        if stack.dtype != np.float32 or not stack.flags.writeable or not stack.flags.c_contiguous:
+            stack = np.array(stack, dtype=np.float32, order="C")
+        return enhance_bits(stack, (z0 - a, z1 - a), sig, params.truncate, threads)
 
     (y0, y1, x0, x1), window = _refinement_window(shape, params.refine_max_voxels, sig, params.truncate)
     cy, cx = y1 - y0, x1 - x0
@@ -1337,7 +1193,7 @@ def _decode_tile(read_bits, shape_zyx, codewords, voxel_size_zyx_um, params, pro
         # The tile is read once and filtered in place (no halo, no slab copies), and the refinement crop is
         # cut from it. Equal to the slabs: a slab's halo gives each of its planes the same z neighbourhood
         # as the whole volume.
-        tile_cache = enhance(_read_planes(read_bits, 0, Z, None, n_bits, shape), (0, Z))
+        tile_cache = read_enhanced(0, Z)
         if progress is not None:
             progress(f"enhanced planes 0-{Z - 1} of {Z}")
         cache = tile_cache[:, :, y0:y1, x0:x1]  # a view: decoded in row blocks (_VoxelCollector), not copied
@@ -1346,13 +1202,13 @@ def _decode_tile(read_bits, shape_zyx, codewords, voxel_size_zyx_um, params, pro
         # reads the whole tile again, slab by slab.
         cache = np.empty((n_bits, Z, cy, cx), np.float32)
         wy0, wx0 = window[0], window[2]
-        window_slabs = _SlabReader(read_bits, n_bits, shape, window, params.slab_planes, halo, enhance)
         for z0 in range(0, Z, params.slab_planes):
             z1 = min(z0 + params.slab_planes, Z)
-            cache[:, z0:z1] = window_slabs(z0, z1)[:, :, y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]
+            enh = read_enhanced(z0, z1, window)
+            cache[:, z0:z1] = enh[:, :, y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]
+            del enh
             if progress is not None:
                 progress(f"enhanced planes {z0}-{z1 - 1} of {Z} (refinement crop)")
-        del window_slabs  # its buffer, before the final decode's
 
     def from_cache(z0, z1):
         return cache[:, z0:z1]
@@ -1381,9 +1237,8 @@ def _decode_tile(read_bits, shape_zyx, codewords, voxel_size_zyx_um, params, pro
         spots, _, n_rejected = _decode_source(lambda z0, z1: tile_cache[:, z0:z1], Z, (Y, X), codewords, scale,
                                               background, params, progress)
     else:
-        tile_slabs = _SlabReader(read_bits, n_bits, shape, None, params.slab_planes, halo, enhance)
-        spots, _, n_rejected = _decode_source(tile_slabs, Z, (Y, X), codewords, scale, background, params,
-                                              progress)
+        spots, _, n_rejected = _decode_source(read_enhanced, Z, (Y, X), codewords, scale, background, params,
+                                           progress)
     return DecodeResult(spots=spots, scale=np.asarray(scale, np.float64), background=np.asarray(background, np.float64),
                         distance_threshold=float(params.distance_threshold),
                         magnitude_threshold=float(params.magnitude_threshold), history=history,
