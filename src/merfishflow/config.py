@@ -70,3 +70,24 @@ def load_config(path) -> dict:
     except yaml.YAMLError as err:
         raise InputError(f"{path}: not valid YAML ({err})") from None
     return validate_config(doc, source=str(path))
+
+
+def segmentation_options(section: dict):
+    """Split the config's ``segmentation`` section into what the segment rule reads itself and the rest.
+
+    Returns
+    -------
+    fields : dict
+        The :class:`~merfishflow.segmentation.SegmentationParams` fields given.
+    context_um : float
+        ``context_um``, the neighbours' band (default ``stitching.DEFAULT_CONTEXT_UM``).
+    image : str
+        ``image``, which round-0 fiducial is segmented (default the first of ``paths.SEGMENTATION_IMAGES``).
+    """
+    from .paths import SEGMENTATION_IMAGES
+    from .stitching import DEFAULT_CONTEXT_UM
+
+    fields = dict(section)
+    context_um = fields.pop("context_um", DEFAULT_CONTEXT_UM)
+    image = fields.pop("image", SEGMENTATION_IMAGES[0])
+    return fields, context_um, image

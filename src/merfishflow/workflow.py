@@ -17,7 +17,8 @@ import numpy as np
 
 from .metadata import Experiment, load_experiment
 from .naming import tile_name
-from .paths import DECON_DATA, REGISTERED_DATA, SEGMENTATION_IMAGES, ExperimentPaths, marker
+from .config import segmentation_options
+from .paths import DECON_DATA, REGISTERED_DATA, ExperimentPaths, marker
 from .status import stage_groups, target_file, tile_markers
 
 TILE_WILDCARD = "{tile}"
@@ -158,7 +159,7 @@ class Pipeline:
     @property
     def segment_image(self) -> str:
         """Which round-0 fiducial is segmented (``segmentation.image``: corrected or deconvolved)."""
-        return self.config["segmentation"].get("image", SEGMENTATION_IMAGES[0])
+        return segmentation_options(self.config["segmentation"])[2]
 
     def segment_input(self, tile: str = TILE_WILDCARD) -> str:
         return str(marker(self.paths.segmentation_source(tile, self.segment_image)))
@@ -169,9 +170,7 @@ class Pipeline:
     @property
     def segment_context_um(self) -> float:
         """Width of the neighbours' band a tile is segmented with (``segmentation.context_um``)."""
-        from .stitching import DEFAULT_CONTEXT_UM
-
-        return self.config["segmentation"].get("context_um", DEFAULT_CONTEXT_UM)
+        return segmentation_options(self.config["segmentation"])[1]
 
     def segment_context_tiles(self, tile: str) -> list[str]:
         """Tiles whose images may fall in ``tile``'s segmentation canvas (itself included), in tile order.
@@ -309,14 +308,15 @@ class Pipeline:
 
     def segment_mem_mb(self, attempt: int = 1) -> int:
         """Bytes per voxel of the tile plus its neighbours' band, with some headroom (benchmarks/RESULTS.md,
-        segmentation): 13 when the cells are split on f x f bins (full-resolution smoothing, foreground and
-        labels, and the split's ~52 on 1/f^2 of the voxels), 52 when they are split at full resolution."""
+        segmentation): measured 13 when the cells are split on f x f bins (full-resolution smoothing, foreground
+        and labels, and the split's ~52 on 1/f^2 of the voxels), asked 16 + 56/f^2; measured 52 when they are
+        split at full resolution, asked 56."""
         from .segmentation import SegmentationParams
 
-        options = {k: v for k, v in self.config["segmentation"].items() if k not in ("context_um", "image")}
+        fields = segmentation_options(self.config["segmentation"])[0]
         z, y, x = self.experiment.image_shape_zyx
         voxel_yx = self.experiment.voxel_size_zyx_um[1]
-        f = SegmentationParams.from_dict(options).binning_factor(voxel_yx)
+        f = SegmentationParams.from_dict(fields).binning_factor(voxel_yx)
         per_voxel = 56 if f == 1 else 16 + 56 / f**2
         band = 2 * int(round(self.segment_context_um / voxel_yx))
         return int(math.ceil(800 + per_voxel * z * (y + band) * (x + band) / 2**20)) * attempt
