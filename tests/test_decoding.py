@@ -233,7 +233,8 @@ def test_enhancement_without_lowpass_subtracts_the_background(downsample):
     its input, which must not be overwritten first."""
     from scipy import ndimage as ndi
 
-    from merfishflow.decoding import _background, _sigmas_px, enhance_bits
+    from merfishflow.decoding import _sigmas_px, enhance_bits
+    from merfishflow.planefilters import PlaneDoG
 
     params = DecodingParams(lowpass_sigma_zyx_um=(0, 0, 0), background_downsample=downsample)
     sig = _sigmas_px(params, (0.31, 0.108, 0.108))
@@ -243,44 +244,47 @@ def test_enhancement_without_lowpass_subtracts_the_background(downsample):
         sbg = sig["background_yx"]
         want = vol - ndi.gaussian_filter(vol.astype(np.float64), (0, 0, sbg, sbg), truncate=params.truncate)
     else:
-        want = np.stack([b - _background(b, sig["background_yx"], downsample, params.truncate) for b in vol])
+        dog = PlaneDoG(vol.shape[2:], (0, 0), sig["background_yx"], downsample, params.truncate)
+        want = np.stack([[p - dog.background(p) for p in b] for b in vol])
     np.testing.assert_allclose(got, np.maximum(want, 0), rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("shape", [(2, 128, 64), (2, 130, 127), (1, 5, 7), (1, 3, 2)])
 def test_block_means_average_what_each_block_has(shape):
-    from merfishflow.decoding import _block_mean
+    from merfishflow.planefilters import PlaneDoG
 
     image = np.random.default_rng(2).random(shape, dtype=np.float32)
     f = 4
     ny, nx = -(-shape[1] // f), -(-shape[2] // f)
     want = np.array([[[image[z, i * f:(i + 1) * f, j * f:(j + 1) * f].mean() for j in range(nx)] for i in range(ny)]
                      for z in range(shape[0])])
-    np.testing.assert_allclose(_block_mean(image, f), want, rtol=1e-5)
+    dog = PlaneDoG(shape[1:], (0, 0), 5.6, f, 3.0)
+    np.testing.assert_allclose(np.stack([dog.block_means(p) for p in image]), want, rtol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(3, 128, 128), (2, 130, 127)])
 def test_block_background_follows_the_exact_gaussian(shape):
     from scipy import ndimage as ndi
 
-    from merfishflow.decoding import _background
+    from merfishflow.planefilters import PlaneDoG
 
     rng = np.random.default_rng(0)
     image = (400 * ndi.gaussian_filter(rng.standard_normal(shape), (0, 10, 10))
              + 5 * rng.standard_normal(shape)).astype(np.float32)
     exact = ndi.gaussian_filter(image, (0, 5.6, 5.6), truncate=3.0)
-    fast = _background(image, 5.6, 4, 3.0)
+    fast = np.stack([PlaneDoG(shape[1:], (0, 0), 5.6, 4, 3.0).background(p) for p in image])
     assert fast.shape == image.shape and fast.dtype == np.float32
     error = np.abs(fast - exact)
     # Interior within 5 % of the background's spread; the border (interpolation clamped) within 25 %.
     assert error[:, 12:-12, 12:-12].max() < 0.05 * exact.std()
     assert error.max() < 0.25 * exact.std()
-    np.testing.assert_array_equal(_background(image, 5.6, 1, 3.0), exact)
+    np.testing.assert_array_equal(np.stack([PlaneDoG(shape[1:], (0, 0), 5.6, 1, 3.0).background(p) for p in image]),
+                                  exact)
 
 
 def test_enhancement_does_not_depend_on_slabs_or_threads_and_follows_scipy():
-    """The band-matrix (sgemm) Gaussians: byte-identical for any slab size, filter and BLAS thread count, and
-    equal to scipy.ndimage's separable Gaussians up to float32 rounding."""
+    """The z band-matrix (sgemm) and the compiled per-plane Gaussians: byte-identical for any slab size, filter
+    and BLAS thread count, and equal to scipy.ndimage's separable Gaussians up to float32 rounding."""
     from scipy import ndimage as ndi
     from threadpoolctl import threadpool_limits
 
