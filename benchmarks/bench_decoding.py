@@ -17,7 +17,7 @@ codeword of the 140-word 16-bit weight-4 distance-4 code.
    (``DecodingParams(n_threads=1)`` against sgemm under
    ``threadpool_limits(1)``), which load on a shared machine distorts far less
    than OpenBLAS's multi-threaded sgemm; the time ``decode_tile`` spends in ``read_bits`` (here a copy
-   of the pre-generated tile into fresh memory) is reported too. Breakdown: the DoG filters alone
+   of the pre-generated tile into the buffer the decoder passes) is reported too. Breakdown: the DoG filters alone
    (``enhance_bits`` over the tile, whole or slab by slab as ``decode_tile``
    reads it) and the rest.
 2. **Peak memory** of decoding a Z x 2048 x 2048 tile of 16 bits
@@ -61,7 +61,8 @@ def codebook():
 
 
 class SyntheticTile:
-    """``read_bits(z0, z1)``: deterministic synthetic planes, generated on demand (nothing kept)."""
+    """``read_bits(z0, z1, window=None, out=None)``: deterministic synthetic planes, generated on demand
+    (nothing kept) into a new array (``out`` is not used)."""
 
     def __init__(self, shape, codewords, seed=0):
         self.shape = tuple(shape)
@@ -80,7 +81,7 @@ class SyntheticTile:
         return pd.DataFrame({"spot_id": np.arange(len(self.codes)), "tile": 0, "gene_id": self.codes,
                              "z_px": self.centres[:, 0], "y_px": self.centres[:, 1], "x_px": self.centres[:, 2]})
 
-    def __call__(self, z0, z1, window=None):
+    def __call__(self, z0, z1, window=None, out=None):
         if window is not None:
             y0, y1, x0, x1 = window
             return np.ascontiguousarray(self(z0, z1)[:, :, y0:y1, x0:x1])
@@ -153,9 +154,9 @@ def throughput(shape, repeats):
     read_time = [0.0]
     copy = array_reader(stack)
 
-    def read(z0, z1, window=None):
+    def read(z0, z1, window=None, out=None):
         t0 = time.perf_counter()
-        out = copy(z0, z1, window)
+        out = copy(z0, z1, window, out=out)
         read_time[0] += time.perf_counter() - t0
         return out
 

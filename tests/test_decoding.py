@@ -175,6 +175,38 @@ def test_slabs_equal_the_whole_volume_with_a_spot_on_the_boundary():
         assert np.hypot(row["y_px"] - y, row["x_px"] - x) < 0.3 and abs(row["z_px"] - z) < 0.5
 
 
+def test_a_reader_that_ignores_the_buffer_gives_the_same_spots():
+    """``read_bits`` may fill the decoder's ``out`` buffer (array_reader) or return a new array."""
+    stack = _synthetic([(2.0, 10.0, 10.0), (5.5, 20.0, 20.0), (3.5, 30.0, 30.0)], [0, 1, 4], CODEWORDS)
+    fill = array_reader(stack)
+    calls = []
+
+    def fresh(z0, z1, window=None, out=None):
+        calls.append(out is not None)
+        return fill(z0, z1, window)
+
+    voxel = (0.31, 0.108, 0.108)
+    params = DecodingParams(min_spots_per_bit=1, n_iterations=3, slab_planes=3,
+                            whole_tile_max_voxels=int(np.prod(stack.shape[1:])) - 1)
+    _assert_same_spots(decode_tile(fill, stack.shape[1:], CODEWORDS, voxel, params),
+                       decode_tile(fresh, stack.shape[1:], CODEWORDS, voxel, params))
+    assert calls and all(calls)
+
+
+@pytest.mark.parametrize("window", [np.s_[:, :, :, :], np.s_[:, 1:4, 3:17, 2:21]])
+def test_trace_magnitudes_follow_numpy_on_views(window):
+    from merfishflow.kernels import trace_magnitudes
+
+    rng = np.random.default_rng(4)
+    enh = rng.random((5, 6, 20, 23), dtype=np.float32)[window]
+    background = rng.random(5, dtype=np.float32) * 0.5
+    inv2 = rng.random(5, dtype=np.float32) + 0.5
+    want = np.sqrt(np.einsum("b,bzyx->zyx", inv2.astype(np.float64),
+                             np.maximum(enh.astype(np.float64) - background[:, None, None, None], 0) ** 2))
+    got = trace_magnitudes(enh, background, inv2, np.empty(enh.shape[1:], np.float32))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
 @pytest.mark.parametrize("fill", ["zeros", "background"])
 def test_empty_tile_gives_an_empty_table(fill):
     shape = (6, 24, 24)
@@ -234,7 +266,7 @@ def test_enhancement_without_lowpass_subtracts_the_background(downsample):
     from scipy import ndimage as ndi
 
     from merfishflow.decoding import _sigmas_px, enhance_bits
-    from merfishflow.planefilters import PlaneDoG
+    from merfishflow.kernels import PlaneDoG
 
     params = DecodingParams(lowpass_sigma_zyx_um=(0, 0, 0), background_downsample=downsample)
     sig = _sigmas_px(params, (0.31, 0.108, 0.108))
@@ -251,7 +283,7 @@ def test_enhancement_without_lowpass_subtracts_the_background(downsample):
 
 @pytest.mark.parametrize("shape", [(2, 128, 64), (2, 130, 127), (1, 5, 7), (1, 3, 2)])
 def test_block_means_average_what_each_block_has(shape):
-    from merfishflow.planefilters import PlaneDoG
+    from merfishflow.kernels import PlaneDoG
 
     image = np.random.default_rng(2).random(shape, dtype=np.float32)
     f = 4
@@ -266,7 +298,7 @@ def test_block_means_average_what_each_block_has(shape):
 def test_block_background_follows_the_exact_gaussian(shape):
     from scipy import ndimage as ndi
 
-    from merfishflow.planefilters import PlaneDoG
+    from merfishflow.kernels import PlaneDoG
 
     rng = np.random.default_rng(0)
     image = (400 * ndi.gaussian_filter(rng.standard_normal(shape), (0, 10, 10))

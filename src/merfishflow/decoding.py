@@ -26,13 +26,13 @@ Algorithm
    is smooth, so it is computed on ``background_downsample`` x
    ``background_downsample`` (4 x 4) block means and interpolated back
    linearly, with the Gaussian's sigma reduced so that the chain has the
-   requested variance (:func:`merfishflow.planefilters.block_sigma`; within
+   requested variance (:func:`merfishflow.kernels.block_sigma`; within
    5 % of the exact Gaussian's spread inside the tile, 25 % at its border): a
    sixteenth of the work of the 2 x 35-tap exact filter. The z Gaussian is a
    product with a banded matrix (BLAS sgemm, :func:`_apply_axis0`) over the
    slab's planes; the y and x Gaussians, the block means, the background's
    interpolation back to the pixels and the subtraction run plane by plane
-   in one compiled kernel (numba, :class:`merfishflow.planefilters.PlaneDoG`)
+   in one compiled kernel (numba, :class:`merfishflow.kernels.PlaneDoG`)
    that works row by row while the rows are in the CPU cache, 2.5x faster
    than the same steps as numpy/BLAS passes. Both equal scipy.ndimage's
    filters up to float32 rounding (tested). The bits are filtered in
@@ -143,7 +143,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from .errors import InputError
-from .planefilters import PlaneDoG, block_sigma, gaussian_weights
+from .kernels import PlaneDoG, block_sigma, gaussian_weights, trace_magnitudes
 
 __all__ = ["DecodeResult", "DecodingParams", "array_reader", "decode_tile", "enhance_bits", "spot_columns"]
 
@@ -410,7 +410,7 @@ def _enhance_one(vol, z_core, sigmas, truncate, buffers, ops):
 
     The z pass (sgemm with the banded operator ``ops["z"]``, :func:`_apply_axis0`) computes the core planes
     into a per-worker buffer; the per-plane passes (y, x, background, subtraction) then run plane by plane
-    in one compiled kernel (:class:`merfishflow.planefilters.PlaneDoG`) from that buffer into ``vol``.
+    in one compiled kernel (:class:`merfishflow.kernels.PlaneDoG`) from that buffer into ``vol``.
     ``buffers`` (a list, filled on first use) is reused from bit to bit: fresh large arrays cost page faults.
     """
     a, b = z_core
@@ -550,24 +550,9 @@ class _VoxelCollector:
         read in blocks of rows, never copied whole.
         """
         B, nz, Y, X = enh.shape
-        mag2 = np.empty((nz, Y, X), np.float32)
-        # All bits at once on blocks of rows small enough to stay in the CPU cache (16 bits x 2^14 voxels =
-        # 1 MB): max(0, e - background)^2 per bit, then the sum weighted by 1 / scale^2 as one sgemv.
-        rows = max(1, min(Y, 2**18 // (B * X)))
-        tmp = np.empty((B, rows * X), np.float32)
-        bg = self.background[:, None, None]
+        magmap = np.empty((nz, Y, X), np.float32)
         inv2 = (1.0 / self.scale.astype(np.float64) ** 2).astype(np.float32)
-        for z in range(nz):
-            for r0 in range(0, Y, rows):
-                r1 = min(Y, r0 + rows)
-                t = tmp[:, :(r1 - r0) * X]
-                t3 = t.reshape(B, r1 - r0, X)
-                np.subtract(enh[:, z, r0:r1], bg, out=t3)
-                np.maximum(t, 0, out=t)
-                np.multiply(t, t, out=t)
-                np.matmul(inv2, t, out=mag2[z, r0:r1].reshape(-1))
-        del tmp
-        magmap = np.sqrt(mag2, out=mag2)
+        trace_magnitudes(enh, self.background, inv2, magmap)
         thr = np.float32(self.params.magnitude_threshold)
         flat_mag = magmap.ravel()
         cand = np.flatnonzero(flat_mag >= thr) if thr > 0 else np.flatnonzero(flat_mag > 0)
@@ -949,14 +934,16 @@ def decode_tile(read_bits: Callable, shape_zyx, codewords, voxel_size_zyx_um, pa
     Parameters
     ----------
     read_bits : callable
-        ``read_bits(z0, z1, window=None)`` returns the registered images of
-        planes ``z0:z1`` of every bit, float32-convertible array ``(n_bits,
-        z1 - z0, Y, X)``, bits in codebook-column order; with ``window = (y0,
-        y1, x0, x1)`` only that y/x window, ``(n_bits, z1 - z0, y1 - y0, x1 -
-        x0)`` (asked for only when the tile has more than
-        ``whole_tile_max_voxels`` voxels). It must return a **new** array: the
-        decoder filters it in place. :func:`array_reader` makes one for an
-        array in memory.
+        ``read_bits(z0, z1, window=None, out=None)`` returns the registered
+        images of planes ``z0:z1`` of every bit, float32-convertible array
+        ``(n_bits, z1 - z0, Y, X)``, bits in codebook-column order; with
+        ``window = (y0, y1, x0, x1)`` only that y/x window, ``(n_bits, z1 -
+        z0, y1 - y0, x1 - x0)`` (asked for only when the tile has more than
+        ``whole_tile_max_voxels`` voxels). The decoder passes ``out``, a
+        C-contiguous float32 array of that shape that it reuses from read to
+        read, and filters the result in place: fill ``out`` and return it, or
+        return a **new** array (never one the caller keeps).
+        :func:`array_reader` makes one for an array in memory.
     shape_zyx : tuple of 3 int
         Shape of one bit image (Z, Y, X).
     codewords : array-like (n_codewords, n_bits) of 0/1
@@ -982,12 +969,15 @@ def decode_tile(read_bits: Callable, shape_zyx, codewords, voxel_size_zyx_um, pa
 
 def array_reader(stack) -> Callable:
     """``read_bits`` for :func:`decode_tile` from an array-like ``(n_bits, Z, Y, X)`` already in memory
-    (numpy, or anything sliced the same way): each call returns a fresh float32 copy of the region."""
-    def read_bits(z0, z1, window=None):
-        if window is None:
-            return np.array(stack[:, z0:z1], dtype=np.float32)
-        y0, y1, x0, x1 = window
-        return np.array(stack[:, z0:z1, y0:y1, x0:x1], dtype=np.float32)
+    (numpy, or anything sliced the same way): each call copies the region into ``out`` (float32), or into a
+    fresh array without one."""
+    def read_bits(z0, z1, window=None, out=None):
+        y0, y1, x0, x1 = window if window is not None else (0, stack.shape[2], 0, stack.shape[3])
+        region = stack[:, z0:z1, y0:y1, x0:x1]
+        if out is None or out.shape != region.shape:  # a wrong shape is for the decoder to report
+            return np.array(region, dtype=np.float32)
+        np.copyto(out, region, casting="unsafe")
+        return out
 
     return read_bits
 
@@ -1013,13 +1003,22 @@ def _decode_tile(read_bits, shape_zyx, codewords, voxel_size_zyx_um, params, pro
     halo = sig["halo_z"]
     threads = _n_threads(params, n_bits)
 
+    # One buffer that every read fills: a fresh slab (3.8 GB for 14 planes of 2048^2 x 16 bits) costs a page
+    # fault per 4 kB of it.
+    slab_buffer = []
+
     def read_enhanced(z0, z1, window=None):
         """Planes z0:z1 enhanced (read with the z halo); ``window`` (y0, y1, x0, x1): only that y/x window."""
         a, b = max(0, z0 - halo), min(Z, z1 + halo)
         if window == (0, Y, 0, X):
             window = None
-        stack = np.asarray(read_bits(a, b) if window is None else read_bits(a, b, window))
         wy, wx = (Y, X) if window is None else (window[1] - window[0], window[3] - window[2])
+        size = n_bits * (b - a) * wy * wx
+        if not slab_buffer or slab_buffer[0].size < size:
+            slab_buffer[:] = []
+            slab_buffer.append(np.empty(size, np.float32))
+        out = slab_buffer[0][:size].reshape(n_bits, b - a, wy, wx)
+        stack = np.asarray(read_bits(a, b, window, out=out))
         if stack.shape != (n_bits, b - a, wy, wx):
             raise InputError(
                 f"read_bits({a}, {b}{'' if window is None else f', {window}'}) returned shape {stack.shape}; "

@@ -86,10 +86,13 @@ def decode_tile_stage(experiment_dir, tile, params=DecodingParams(), progress=pr
             raise InputError(f"{tile} {bit}: registered_decon_data has shape {tuple(handle.shape)}, {bits[0]} has "
                              f"{shape}; every bit of a tile must have the same shape")
 
-    def read_bits(z0, z1, window=None):
-        # One fresh float32 array, each bit read into its place (np.stack + astype made two more whole copies).
+    def read_bits(z0, z1, window=None, out=None):
+        # Each bit read into its place in one float32 array, the decoder's own buffer (np.stack + astype made two
+        # more whole copies, a fresh array costs page faults).
         y0, y1, x0, x1 = window if window is not None else (0, shape[1], 0, shape[2])
-        out = np.empty((len(handles), z1 - z0, y1 - y0, x1 - x0), np.float32)
+        want = (len(handles), z1 - z0, y1 - y0, x1 - x0)
+        if out is None or out.shape != want:
+            out = np.empty(want, np.float32)
         for k, (h, a) in enumerate(zip(handles, arrays)):
             out[k] = datastore.read_region(h, np.s_[z0:z1, y0:y1, x0:x1], a)
         return out

@@ -1,20 +1,24 @@
-"""Per-plane Gaussian filters of the spot enhancement, compiled with numba.
+"""Compiled (numba) kernels of pixel decoding: the spot enhancement's per-plane filters and the pixel
+traces' magnitudes.
 
 The difference of Gaussians of :func:`merfishflow.decoding.enhance_bits` is,
 per z plane, ``max(0, L - B)`` with ``L`` the plane low-passed in y and x
 and ``B`` a wide Gaussian of ``L`` (the local background). Done with numpy
 and BLAS, that is five or six passes over a 16 MB plane (y, x, the block
 means, the interpolation back, the subtraction), each one memory-bound; here
-one compiled kernel (:func:`dog_plane`) works row by row, so that a row is
+one compiled kernel (:class:`PlaneDoG`) works row by row, so that a row is
 filtered in y and x, summed into its background blocks and later subtracted
 while it is in the CPU cache: 12 ms instead of 30 ms per 2048 x 2048 plane
-on one core (benchmarks/RESULTS.md, "Pixel decoding"). numba (rather than a
-C extension) keeps the kernels in Python, compiles them for the CPU at hand
-on first use and caches the result next to this file.
+on one core (benchmarks/RESULTS.md, "Pixel decoding"). Likewise
+:func:`trace_magnitudes` reads each bit's row once instead of four numpy
+passes and a matrix-vector product. numba (rather than a C extension) keeps
+the kernels in Python, compiles them for the CPU at hand on first use and
+caches the result next to this file.
 
 The kernels do not reorder floating-point operations (no ``fastmath``), so
-their results do not depend on threads or slabs; they equal scipy.ndimage's
-(``mode="reflect"``) up to float32 rounding (scipy accumulates in float64).
+their results do not depend on threads or slabs; the filters equal
+scipy.ndimage's (``mode="reflect"``) up to float32 rounding (scipy
+accumulates in float64).
 
 The background is smooth (sigma 5.6 px at the defaults), so it is estimated
 on ``f x f`` block means, blurred there with a Gaussian whose sigma makes the
@@ -34,7 +38,7 @@ import numba
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["PlaneDoG", "block_sigma", "gaussian_weights", "linear_weights"]
+__all__ = ["PlaneDoG", "block_sigma", "gaussian_weights", "linear_weights", "trace_magnitudes"]
 
 _kernel = numba.njit(cache=True, nogil=True)
 
@@ -257,3 +261,51 @@ class PlaneDoG:
         """The ``f x f`` block means of ``src`` that the block background starts from."""
         self.background(src)
         return self.means.copy()
+
+
+def trace_magnitudes(enh, background, inv_scale2, out):
+    """``out[z, y, x] = sqrt(sum_b inv_scale2[b] max(0, enh[b, z, y, x] - background[b])^2)``: the L2 norm
+    of every voxel's normalized trace.
+
+    Parameters
+    ----------
+    enh : float32 ndarray (n_bits, nz, Y, X)
+        May be a view with gaps between rows (a slab of a larger array, a y/x window).
+    background, inv_scale2 : float32 ndarray (n_bits,)
+    out : float32 ndarray (nz, Y, X), C-contiguous
+
+    Row by row, each row of every bit read once, the bits summed in their order (so the result does not
+    depend on slabs).
+    """
+    if enh.size == 0:
+        out[...] = 0
+        return out
+    if enh.strides[-1] != enh.itemsize or min(enh.strides) < 0:
+        enh = np.ascontiguousarray(enh)
+    # numba compiles a view with gaps between rows for any stride and does not vectorize it: hand the kernel
+    # the memory as one flat (contiguous) array and the row strides, so that each row is a contiguous slice.
+    steps = [s // enh.itemsize for s in enh.strides[:3]]
+    span = sum((n - 1) * st for n, st in zip(enh.shape, (*steps, 1))) + 1
+    flat = np.lib.stride_tricks.as_strided(enh, shape=(span,), strides=(enh.itemsize,), writeable=False)
+    _trace_magnitudes(flat, steps[0], steps[1], steps[2], background, inv_scale2, out)
+    return out
+
+
+@_kernel
+def _trace_magnitudes(flat, step_b, step_z, step_y, background, inv_scale2, out):
+    nz, Y, X = out.shape
+    for z in range(nz):
+        for i in range(Y):
+            o = out[z, i]
+            o[:] = 0
+            for b in range(background.size):
+                start = b * step_b + z * step_z + i * step_y
+                e = flat[start:start + X]
+                bg = background[b]
+                w = inv_scale2[b]
+                for j in range(X):
+                    v = e[j] - bg
+                    v = v if v > 0 else np.float32(0)
+                    o[j] += w * (v * v)
+            for j in range(X):
+                o[j] = np.sqrt(o[j])
