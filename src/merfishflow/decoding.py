@@ -124,8 +124,9 @@ Memory
 A tile of at most ``whole_tile_max_voxels`` voxels: ``4 * n_bits * Z * Y *
 X`` bytes (``read_bits``' array, filtered in place). A larger one: ``4 *
 n_bits * (slab_planes + 2 * halo) * Y * X`` bytes for the slab and ``4 *
-n_bits * refine_max_voxels`` bytes of refinement crop. Both: two single-bit
-slab buffers per filter thread, and ``~4 * n_bits + 40`` bytes per decoded voxel
+n_bits * refine_max_voxels`` bytes of refinement crop; the slab's buffer is
+reused from slab to slab. Both: a single-bit slab buffer and about 1.3
+planes of scratch per filter thread, and ``~4 * n_bits + 40`` bytes per decoded voxel
 (about 1 % of the voxels in dense tissue). Measured: see benchmarks/RESULTS.md
 ("Pixel decoding").
 """
