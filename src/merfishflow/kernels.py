@@ -207,7 +207,7 @@ class PlaneDoG:
     truncate : float
         Kernels are cut at this many sigmas.
 
-    Holds its scratch buffers (about two planes), so one instance serves one thread.
+    Holds its scratch buffers (about 1.3 planes), so one instance serves one thread.
     """
 
     def __init__(self, shape_yx, sigma_yx, background_sigma, downsample, truncate):
@@ -228,14 +228,14 @@ class PlaneDoG:
             self.wide = np.empty((ny, X), np.float32)
             self.interp = (*_interpolation(Y, ny, self.f), *_interpolation(X, nx, self.f))
 
-    def _blocks(self, src, out, subtract):
-        dog_plane_blocks(src, self.lp, out, self.wy, self.wx, self.f, self.wsmall, self.means, self.small, self.wide,
+    def _blocks(self, src, out, wy, wx, subtract):
+        dog_plane_blocks(src, self.lp, out, wy, wx, self.f, self.wsmall, self.means, self.small, self.wide,
                          *self.interp, subtract)
 
     def __call__(self, src, out):
         """``out`` (float32, the plane's shape, may be ``src``) = the enhanced plane of ``src``."""
         if self.blocks:
-            self._blocks(src, out, True)
+            self._blocks(src, out, self.wy, self.wx, True)
             return out
         separable_yx(src, self.lp, self.wy, self.wx)
         if self.background_sigma > 0:
@@ -253,8 +253,7 @@ class PlaneDoG:
                                        truncate=self.truncate)
         one = np.ones(1, np.float32)
         out = np.empty(self.shape, np.float32)
-        dog_plane_blocks(src, self.lp, out, one, one, self.f, self.wsmall, self.means, self.small, self.wide,
-                         *self.interp, False)
+        self._blocks(src, out, one, one, False)
         return out
 
     def block_means(self, src):
