@@ -205,6 +205,8 @@ def test_trace_magnitudes_follow_numpy_on_views(window):
                              np.maximum(enh.astype(np.float64) - background[:, None, None, None], 0) ** 2))
     got = trace_magnitudes(enh, background, inv2, np.empty(enh.shape[1:], np.float32))
     np.testing.assert_allclose(got, want, rtol=1e-5)
+    threaded = trace_magnitudes(enh, background, inv2, np.empty(enh.shape[1:], np.float32), n_threads=3)
+    assert threaded.tobytes() == got.tobytes()
 
 
 @pytest.mark.parametrize("fill", ["zeros", "background"])

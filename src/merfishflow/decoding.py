@@ -541,6 +541,7 @@ class _VoxelCollector:
         self.scale = np.asarray(scale, np.float32)
         self.background = np.asarray(background, np.float32)
         self.shape_yx = shape_yx
+        self.n_threads = _n_threads(params, self.n_bits)
         self.prev_mag = None
         self.chunks = []
 
@@ -553,7 +554,7 @@ class _VoxelCollector:
         B, nz, Y, X = enh.shape
         magmap = np.empty((nz, Y, X), np.float32)
         inv2 = (1.0 / self.scale.astype(np.float64) ** 2).astype(np.float32)
-        trace_magnitudes(enh, self.background, inv2, magmap)
+        trace_magnitudes(enh, self.background, inv2, magmap, self.n_threads)
         thr = np.float32(self.params.magnitude_threshold)
         flat_mag = magmap.ravel()
         cand = np.flatnonzero(flat_mag >= thr) if thr > 0 else np.flatnonzero(flat_mag > 0)

@@ -262,7 +262,7 @@ class PlaneDoG:
         return self.means.copy()
 
 
-def trace_magnitudes(enh, background, inv_scale2, out):
+def trace_magnitudes(enh, background, inv_scale2, out, n_threads=1):
     """``out[z, y, x] = sqrt(sum_b inv_scale2[b] max(0, enh[b, z, y, x] - background[b])^2)``: the L2 norm
     of every voxel's normalized trace.
 
@@ -272,6 +272,8 @@ def trace_magnitudes(enh, background, inv_scale2, out):
         May be a view with gaps between rows (a slab of a larger array, a y/x window).
     background, inv_scale2 : float32 ndarray (n_bits,)
     out : float32 ndarray (nz, Y, X), C-contiguous
+    n_threads : int
+        Threads, each on its own band of rows (the result does not depend on it).
 
     Row by row, each row of every bit read once, the bits summed in their order (so the result does not
     depend on slabs).
@@ -286,15 +288,27 @@ def trace_magnitudes(enh, background, inv_scale2, out):
     steps = [s // enh.itemsize for s in enh.strides[:3]]
     span = sum((n - 1) * st for n, st in zip(enh.shape, (*steps, 1))) + 1
     flat = np.lib.stride_tricks.as_strided(enh, shape=(span,), strides=(enh.itemsize,), writeable=False)
-    _trace_magnitudes(flat, steps[0], steps[1], steps[2], background, inv_scale2, out)
+    Y = out.shape[1]
+    bands = [(Y * k // n_threads, Y * (k + 1) // n_threads) for k in range(max(1, min(n_threads, Y)))]
+
+    def run(band):
+        _trace_magnitudes(flat, steps[0], steps[1], steps[2], background, inv_scale2, out, *band)
+
+    if len(bands) == 1:
+        run(bands[0])
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(bands)) as pool:
+            list(pool.map(run, bands))
     return out
 
 
 @_kernel
-def _trace_magnitudes(flat, step_b, step_z, step_y, background, inv_scale2, out):
+def _trace_magnitudes(flat, step_b, step_z, step_y, background, inv_scale2, out, i0, i1):
     nz, Y, X = out.shape
     for z in range(nz):
-        for i in range(Y):
+        for i in range(i0, i1):
             o = out[z, i]
             o[:] = 0
             for b in range(background.size):
