@@ -1,4 +1,5 @@
-"""Block means: an image binned by whole voxels, for steps that work at a coarser scale.
+"""Block means: an image binned by whole voxels, for steps that work at a coarser scale, and the linear
+interpolation from the bins back to the voxels.
 
 Registration's optical flow and the segmentation's cell split both run on
 binned images: what they look for (deformations, cells) is many voxels
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["binned_shape", "block_mean"]
+__all__ = ["binned_shape", "block_mean", "linear_weights"]
 
 # Input planes converted and padded at a time: bounds the float32 temporaries of a large uint16 tile.
 _CHUNK_VOXELS = 2**24
@@ -53,3 +54,26 @@ def block_mean(image, factors):
             chunk = np.pad(chunk, pad, mode="edge")
         out[c0:c1] = chunk.reshape(c1 - c0, fz, cy, fy, cx, fx).mean(axis=(1, 3, 5), dtype=np.float32)
     return out
+
+
+def linear_weights(n_full, n_coarse, factor, start=0, stop=None):
+    """Linear interpolation from a grid binned by ``factor`` back to full positions ``start..stop-1``.
+
+    Coarse sample ``j`` sits at the centre of its block, ``factor * j + (factor - 1) / 2``; positions beyond
+    the first or last sample take that sample's value.
+
+    Returns
+    -------
+    i0 : ndarray of intp
+        The coarse sample at or left of each position (at most ``n_coarse - 2``).
+    w : ndarray of float32
+        The weight of sample ``i0 + 1`` (0 when there is one sample).
+    """
+    stop = n_full if stop is None else stop
+    x = (np.arange(start, stop, dtype=np.float64) - (factor - 1) / 2.0) / factor
+    x = np.clip(x, 0.0, n_coarse - 1)
+    i0 = np.minimum(np.floor(x).astype(np.intp), max(n_coarse - 2, 0))
+    w = (x - i0).astype(np.float32)
+    if n_coarse == 1:
+        w[:] = 0.0
+    return i0, w

@@ -38,7 +38,9 @@ import numba
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["PlaneDoG", "block_sigma", "gaussian_weights", "linear_weights", "trace_magnitudes"]
+from .binning import linear_weights
+
+__all__ = ["PlaneDoG", "block_sigma", "gaussian_weights", "trace_magnitudes"]
 
 _kernel = numba.njit(cache=True, nogil=True)
 
@@ -61,16 +63,6 @@ def block_sigma(sigma, f):
     if f <= 1 or sigma * sigma <= (f * f - 1) / 4:
         return None
     return math.sqrt(sigma * sigma - (f * f - 1) / 4) / f
-
-
-def linear_weights(n_full, n_small, f):
-    """Indices and weights of the linear interpolation from block centres (i f + (f - 1) / 2) to pixels."""
-    pos = (np.arange(n_full, dtype=np.float64) - (f - 1) / 2) / f
-    pos = np.clip(pos, 0, n_small - 1)
-    i0 = np.minimum(np.floor(pos).astype(np.intp), max(n_small - 2, 0))
-    i1 = np.minimum(i0 + 1, n_small - 1)
-    w1 = (pos - i0).astype(np.float32)
-    return i0, i1, w1
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -186,7 +178,8 @@ def _clip_difference(a, b, out):
 
 @functools.lru_cache(maxsize=16)
 def _interpolation(n_full, n_small, f):
-    i0, i1, w1 = linear_weights(n_full, n_small, f)
+    i0, w1 = linear_weights(n_full, n_small, f)
+    i1 = np.minimum(i0 + 1, n_small - 1)
     for a in (i0, i1, w1):
         a.setflags(write=False)  # cached: shared by every plane and thread
     return i0, i1, w1

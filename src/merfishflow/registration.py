@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from .binning import binned_shape, block_mean
+from .binning import binned_shape, block_mean, linear_weights
 from .errors import InputError
 
 __all__ = [
@@ -305,22 +305,6 @@ def optical_flow_field(reference, moving, *, shift_zyx_px=None, downsample=DEFAU
     return np.ascontiguousarray(flow, dtype=np.float32)
 
 
-def _linear_weights(n_full, n_coarse, factor, start=0, stop=None):
-    """Indices i0 and weights w (of i0 + 1) of full positions start..stop-1 on a coarse grid.
-
-    Coarse sample j sits at ``factor * j + (factor - 1) / 2``; positions
-    beyond the first/last sample take that sample's value.
-    """
-    stop = n_full if stop is None else stop
-    x = (np.arange(start, stop, dtype=np.float64) - (factor - 1) / 2.0) / factor
-    x = np.clip(x, 0.0, n_coarse - 1)
-    i0 = np.minimum(np.floor(x).astype(np.intp), max(n_coarse - 2, 0))
-    w = (x - i0).astype(np.float32)
-    if n_coarse == 1:
-        w[:] = 0.0
-    return i0, w
-
-
 def _interp_axis(arr, axis, i0, w):
     a = np.take(arr, i0, axis=axis)
     if arr.shape[axis] == 1:
@@ -336,7 +320,7 @@ def _upsample_slab(field, full_shape, factors, z0, z1):
     out = np.asarray(field, dtype=np.float32)
     for axis, (n, f) in enumerate(zip(full_shape, factors)):
         start, stop = (z0, z1) if axis == 0 else (0, n)
-        i0, w = _linear_weights(n, field.shape[1 + axis], f, start, stop)
+        i0, w = linear_weights(n, field.shape[1 + axis], f, start, stop)
         out = _interp_axis(out, 1 + axis, i0, w)
     return out
 
