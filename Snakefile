@@ -29,6 +29,14 @@ include: "rules/datastore.smk"
 
 onstart:
     record_run(PIPELINE.experiment_dir, config, workflow.basedir)
+    # Jobs are about to replace markers: until rule datastore summarizes them again, the old
+    # datastore.json would claim more than the markers show.
+    withdraw_datastore_json(PIPELINE.experiment_dir)
+
+
+onerror:
+    # A failed run leaves a summary of what its markers really show.
+    write_datastore_json(PIPELINE.experiment, PIPELINE.experiment_dir, simulated=PIPELINE.simulated)
 
 
 # Every marker is a target, not only datastore.json: Snakemake does not

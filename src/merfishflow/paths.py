@@ -83,6 +83,12 @@ class ExperimentPaths:
         return self.raw / tile / f"{round_}.tif"
 
     @property
+    def simulation_mark(self) -> Path:
+        """Written first by the simulator into a raw_data/ it creates: the parameters it simulated with.
+        A raw_data/ without it is the user's and is never written to."""
+        return self.raw / ".merfishflow_simulation.json"
+
+    @property
     def ground_truth(self) -> Path:
         return self.root / "ground_truth"
 

@@ -99,6 +99,12 @@ def write_datastore_json(experiment: Experiment, experiment_dir, *, simulated=No
                                                                                  simulated=simulated)))
 
 
+def withdraw_datastore_json(experiment_dir) -> None:
+    """Remove ``datastore.json`` when a run starts jobs that replace markers: a summary must never claim
+    more than the markers show, and it is written again by the run's last job (or on its failure)."""
+    ExperimentPaths(experiment_dir).datastore_json.unlink(missing_ok=True)
+
+
 def format_status(experiment: Experiment, experiment_dir) -> str:
     """A human-readable table of stage states (``merfishflow status``)."""
     lines = [f"experiment {Path(experiment_dir)}: {len(experiment.tiles)} tiles, {len(experiment.rounds)} rounds, "

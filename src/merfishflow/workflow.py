@@ -59,9 +59,16 @@ class Pipeline:
         paths = ExperimentPaths(config["experiment_dir"])
         simulated = bool(config["simulation"]["enabled"])
         if simulated:
-            from .simulation import SimulationParams, planned_experiment
+            from .errors import InputError
+            from .simulation import SimulationParams, planned_experiment, simulation_target_problem
 
-            experiment = planned_experiment(SimulationParams.from_dict(config["simulation"]["params"]))
+            params = SimulationParams.from_dict(config["simulation"]["params"])
+            # Before any job: Snakemake itself deletes a rule's old outputs before rerunning it, so a
+            # raw_data/ that is not the simulator's own must be refused here, not in the simulate job.
+            problem = simulation_target_problem(paths.root, params)
+            if problem:
+                raise InputError(f"config: simulation.enabled is true, but {problem}")
+            experiment = planned_experiment(params)
         else:
             experiment = load_experiment(paths.root, check_tiffs=check_files)
         return cls(config=config, paths=paths, experiment=experiment, simulated=simulated)

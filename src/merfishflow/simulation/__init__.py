@@ -9,8 +9,8 @@ docs/simulator.md.
 """
 
 from .codebook import make_codebook
-from .experiment import planned_experiment, simulate_experiment
+from .experiment import planned_experiment, simulate_experiment, simulation_target_problem
 from .params import SimulationParams
 from .transforms import CONVENTION, evaluate_deformation
 
-__all__ = ["SimulationParams", "simulate_experiment", "planned_experiment", "make_codebook", "evaluate_deformation", "CONVENTION"]
+__all__ = ["SimulationParams", "simulate_experiment", "planned_experiment", "simulation_target_problem", "make_codebook", "evaluate_deformation", "CONVENTION"]

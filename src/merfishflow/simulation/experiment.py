@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,8 @@ from ..metadata import Channel, Experiment
 from ..naming import codebook_bit_column, round_name, tile_name
 from ..psf import widefield_psf
 from .. import fileio as files
+from ..fileio import canonical_json
+from ..paths import ExperimentPaths
 from .camera import Camera
 from .codebook import codeword_names, make_codebook
 from .params import SimulationParams
@@ -60,9 +63,59 @@ def _as_params(params):
     raise InputError(f"simulation params must be a SimulationParams, a dict or None, got {type(params).__name__}")
 
 
-def _prepare_folders(root, overwrite):
-    raw, gt = root / "raw_data", root / "ground_truth"
-    existing = [d for d in (raw, gt) if d.exists() and any(d.iterdir())]
+def _has_files(folder: Path) -> bool:
+    """Any file below ``folder`` (Snakemake creates a rule's empty output folders before the job runs)."""
+    return folder.is_dir() and any(not p.is_dir() for p in folder.rglob("*"))
+
+
+def simulation_target_problem(experiment_dir, params, *, same_params: bool = True):
+    """Why simulating into ``experiment_dir`` would destroy data, or None when it is safe.
+
+    The simulator writes only into a ``raw_data/`` and ``ground_truth/`` that
+    are absent or empty, or that it marked as its own
+    (:attr:`ExperimentPaths.simulation_mark`) when it created them; with
+    ``same_params`` the mark must also record ``params``. A user's real
+    experiment never carries the mark, so it is never overwritten.
+
+    Parameters
+    ----------
+    experiment_dir : str or Path
+    params : SimulationParams
+    same_params : bool, optional
+        Also refuse a folder the simulator made with other parameters.
+
+    Returns
+    -------
+    str or None
+        A message that names the folder and says what to do.
+    """
+    paths = ExperimentPaths(experiment_dir)
+    occupied = [d for d in (paths.raw, paths.ground_truth) if _has_files(d)]
+    if not occupied:
+        return None
+    if not paths.simulation_mark.is_file():
+        return (f"{occupied[0]} holds files that merfishflow's simulator did not write (no "
+                f"{paths.simulation_mark.name}); simulating would replace them. To process this experiment set "
+                f"simulation.enabled: false; to simulate, point experiment_dir at a new or empty folder")
+    if same_params:
+        try:
+            recorded = json.loads(paths.simulation_mark.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            return f"{paths.simulation_mark}: unreadable simulation mark ({err}); delete {paths.raw} to simulate again"
+        wanted = json.loads(canonical_json(params.to_dict()))
+        changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+        if changed:
+            return (f"{paths.raw} was simulated with other parameters ({', '.join(changed)} differ); delete "
+                    f"{paths.raw} and {paths.ground_truth} to simulate again, or choose another experiment_dir")
+    return None
+
+
+def _prepare_folders(root, params, overwrite):
+    paths = ExperimentPaths(root)
+    problem = simulation_target_problem(root, params, same_params=False)
+    if problem:
+        raise InputError(f"simulate_experiment: {problem}")
+    existing = [d for d in (paths.raw, paths.ground_truth) if _has_files(d)]
     if existing and not overwrite:
         raise InputError(
             f"simulate_experiment: {existing[0]} already exists and is not empty; "
@@ -70,9 +123,11 @@ def _prepare_folders(root, overwrite):
         )
     for d in existing:
         shutil.rmtree(d)
-    raw.mkdir(parents=True, exist_ok=True)
-    gt.mkdir(parents=True, exist_ok=True)
-    return raw, gt
+    paths.raw.mkdir(parents=True, exist_ok=True)
+    paths.ground_truth.mkdir(parents=True, exist_ok=True)
+    # First, before any other file: from here on the folder is the simulator's to replace.
+    files.write_text(paths.simulation_mark, canonical_json(params.to_dict()))
+    return paths.raw, paths.ground_truth
 
 
 def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite=False):
@@ -93,8 +148,9 @@ def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite
     progress : callable(str), optional
         Called with one message per simulated tile.
     overwrite : bool, optional
-        Replace existing ``raw_data/`` and ``ground_truth/`` folders instead of
-        refusing to write into them.
+        Replace existing ``raw_data/`` and ``ground_truth/`` folders that an
+        earlier simulation wrote (they carry its mark) instead of refusing to
+        write into them. Folders without the mark are never replaced.
 
     Returns
     -------
@@ -119,7 +175,7 @@ def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite
     channels = p.channels
     psfs = [widefield_psf(p.voxel_size_zyx_um, em, p.numerical_aperture, p.immersion_refractive_index,
                           p.sample_refractive_index) for _, _, _, em in channels]
-    raw, gt = _prepare_folders(root, overwrite)
+    raw, gt = _prepare_folders(root, p, overwrite)
 
     seq = np.random.SeedSequence(p.seed)
     (ss_layout, ss_rounds, ss_cells, ss_spots, ss_camera, ss_noise) = seq.spawn(6)
