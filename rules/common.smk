@@ -11,6 +11,8 @@ config = validate_config(config, source="config", schema_path=Path(workflow.base
 PIPELINE = Pipeline.from_config(config, check_files=workflow.is_main_process)
 # Every marker and product of every stage (~80 000 paths for 1000 tiles).
 ALL_STAGE_MARKERS = PIPELINE.all_stage_markers()
+# datastore.json, when onstart withdrew it (Snakefile).
+WITHDRAWN_SUMMARY = []
 
 
 wildcard_constraints:

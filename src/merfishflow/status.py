@@ -99,10 +99,14 @@ def write_datastore_json(experiment: Experiment, experiment_dir, *, simulated=No
                                                                                  simulated=simulated)))
 
 
-def withdraw_datastore_json(experiment_dir) -> None:
+def withdraw_datastore_json(experiment_dir) -> bool:
     """Remove ``datastore.json`` when a run starts jobs that replace markers: a summary must never claim
-    more than the markers show, and it is written again by the run's last job (or on its failure)."""
-    ExperimentPaths(experiment_dir).datastore_json.unlink(missing_ok=True)
+    more than the markers show, and it is written again by the run's last job (or on its failure).
+    Returns whether there was one."""
+    path = ExperimentPaths(experiment_dir).datastore_json
+    existed = path.is_file()
+    path.unlink(missing_ok=True)
+    return existed
 
 
 def format_status(experiment: Experiment, experiment_dir) -> str:
