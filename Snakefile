@@ -31,15 +31,18 @@ onstart:
     record_run(PIPELINE.experiment_dir, config, workflow.basedir)
     # Jobs are about to replace markers: until rule datastore summarizes them again, the old
     # datastore.json would claim more than the markers show.
-    if withdraw_datastore_json(PIPELINE.experiment_dir):
-        WITHDRAWN_SUMMARY.append(PIPELINE.datastore_json)
+    WITHDRAWN_SUMMARY.append(withdraw_datastore_json(PIPELINE.experiment_dir))
+
+
+onsuccess:
+    # A run whose targets did not include rule datastore (an export, say) puts the summary back.
+    restore_datastore_json(PIPELINE.experiment, PIPELINE.experiment_dir, WITHDRAWN_SUMMARY, simulated=PIPELINE.simulated)
 
 
 onerror:
     # A failed rerun puts back the summary it withdrew, now of what the markers really show; a first run
     # that fails leaves none (merfishflow status reads the markers either way).
-    if WITHDRAWN_SUMMARY:
-        write_datastore_json(PIPELINE.experiment, PIPELINE.experiment_dir, simulated=PIPELINE.simulated)
+    restore_datastore_json(PIPELINE.experiment, PIPELINE.experiment_dir, WITHDRAWN_SUMMARY, simulated=PIPELINE.simulated)
 
 
 # Every marker is a target, not only datastore.json: Snakemake does not

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from merfishflow.config import validate_config
 from merfishflow.provenance import record_run
-from merfishflow.status import withdraw_datastore_json, write_datastore_json
+from merfishflow.status import restore_datastore_json, withdraw_datastore_json
 from merfishflow.workflow import WILDCARD_CONSTRAINTS, Pipeline
 
 config = validate_config(config, source="config", schema_path=Path(workflow.basedir) / "config" / "schema.yaml")

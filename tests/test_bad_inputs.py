@@ -31,7 +31,9 @@ import tifffile
 
 from conftest import planned_jobs, run_snakemake, write_config
 from merfishflow import datastore
+from merfishflow.metadata import load_experiment
 from merfishflow.paths import ExperimentPaths
+from merfishflow.status import stage_states
 
 pytestmark = pytest.mark.workflow
 
@@ -221,9 +223,21 @@ _codebook_changes()
 
 
 def snapshot(experiment_dir: Path) -> dict:
-    """``{path: (mtime_ns, bytes)}`` of every file under the experiment except logs/."""
+    """``{path: (mtime_ns, bytes)}`` of every file under the experiment except logs/ and datastore.json (the
+    summary follows the markers: :func:`assert_summary_is_truthful`)."""
+    summary = ExperimentPaths(experiment_dir).datastore_json
     return {str(p.relative_to(experiment_dir)): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(experiment_dir.rglob("*")) if p.is_file() and p.relative_to(experiment_dir).parts[0] != "logs"}
+            for p in sorted(experiment_dir.rglob("*"))
+            if p.is_file() and p.relative_to(experiment_dir).parts[0] != "logs" and p != summary}
+
+
+def assert_summary_is_truthful(experiment_dir: Path, simulated: bool) -> None:
+    """datastore.json, where there is one, says exactly what the markers say."""
+    summary = ExperimentPaths(experiment_dir).datastore_json
+    if summary.exists():
+        experiment = load_experiment(experiment_dir, check_tiffs=False)
+        assert json.loads(summary.read_text())["stages"] == stage_states(experiment, experiment_dir,
+                                                                         simulated=simulated)
 
 
 @pytest.fixture
@@ -268,6 +282,8 @@ def test_bad_input(name, request):
         assert not datastore.is_complete(experiment_dir / folder), folder
     if not had_datastore_json:
         assert not datastore_json.exists()
+    else:
+        assert_summary_is_truthful(experiment_dir, simulated)
     if row.base == "fresh" and not row.targets:
         assert not (experiment_dir / "qi2labdatastore").exists(), "a parse-time error must come before any job"
     assert not (experiment_dir / "qi2labdatastore" / "exports" / "tile0000_readouts.ome.tif").exists()

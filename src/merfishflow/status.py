@@ -8,6 +8,7 @@ run's jobs left, plus the manifest of tiles, rounds, bits and channels.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from . import datastore
@@ -99,14 +100,36 @@ def write_datastore_json(experiment: Experiment, experiment_dir, *, simulated=No
                                                                                  simulated=simulated)))
 
 
-def withdraw_datastore_json(experiment_dir) -> bool:
+def withdraw_datastore_json(experiment_dir):
     """Remove ``datastore.json`` when a run starts jobs that replace markers: a summary must never claim
-    more than the markers show, and it is written again by the run's last job (or on its failure).
-    Returns whether there was one."""
+    more than the markers show. Returns its bytes and modification time (ns), or None if there was none,
+    for :func:`restore_datastore_json`."""
     path = ExperimentPaths(experiment_dir).datastore_json
-    existed = path.is_file()
+    try:
+        withdrawn = (path.read_bytes(), path.stat().st_mtime_ns)
+    except FileNotFoundError:
+        return None
     path.unlink(missing_ok=True)
-    return existed
+    return withdrawn
+
+
+def restore_datastore_json(experiment: Experiment, experiment_dir, withdrawn, *, simulated=None):
+    """After a run that withdrew ``datastore.json`` and did not write it again (it failed, or its targets
+    did not include rule datastore): write the summary of what the markers show now. If that is what was
+    withdrawn, the file is left as it was, modification time included.
+
+    Parameters
+    ----------
+    withdrawn : list
+        What :func:`withdraw_datastore_json` returned in this run's onstart (empty if it did not run).
+    """
+    path = ExperimentPaths(experiment_dir).datastore_json
+    if not withdrawn or withdrawn[0] is None or path.exists():
+        return
+    old_bytes, old_mtime_ns = withdrawn[0]
+    write_datastore_json(experiment, experiment_dir, simulated=simulated)
+    if path.read_bytes() == old_bytes:
+        os.utime(path, ns=(old_mtime_ns, old_mtime_ns))
 
 
 def format_status(experiment: Experiment, experiment_dir) -> str:
