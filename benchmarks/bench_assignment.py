@@ -1,12 +1,12 @@
-"""Benchmark of the assign stage (``merfishflow.assignment``): seconds and peak memory per step.
+"""Benchmark of the assign stage (``merfishflow.cells.assignment``): seconds and peak memory per step.
 
 Issue 5: "Seconds and peak memory of ... assignment, for the demo and for one
 100 x 2048^2 tile". The assign stage (``stages/cells.py::assign_experiment``)
 reads every tile's mask file, renders label volumes (two tiles at a time),
 merges the cell instances of each overlapping tile pair
-(:func:`~merfishflow.assignment.merge_cells`), looks every spot up in its
-tile's label volume (:func:`~merfishflow.assignment.assign_spots`) and builds
-the cells x genes matrix (:func:`~merfishflow.assignment.count_matrix`).
+(:func:`~merfishflow.cells.assignment.merge_cells`), looks every spot up in its
+tile's label volume (:func:`~merfishflow.cells.assignment.assign_spots`) and builds
+the cells x genes matrix (:func:`~merfishflow.cells.assignment.count_matrix`).
 The worst case for memory is one overlapping pair: ``merge_cells`` holds both
 label volumes, so every case here is a pair of tiles.
 
@@ -22,7 +22,7 @@ fixed seeds, so the same bytes every run):
   cell borders). Both tiles are cut from the same global cells, so a cell in
   the overlap has the same voxels in both tiles and is merged. Labels are
   relabelled 1..n per tile (as the segment stage does) and written with
-  :func:`merfishflow.masks.write_masks` at the tile's origin.
+  :func:`merfishflow.io.masks.write_masks` at the tile's origin.
 * a spot table (``tile``, ``z_px``, ``y_px``, ``x_px``, ``gene_id``) with the
   spots split evenly over the two tiles, uniform positions, genes drawn from
   128 genes + 14 ``Blank-`` codewords (the blanks are not counted).
@@ -101,7 +101,7 @@ def build(folder, spec):
     import pandas as pd
     from scipy import ndimage as ndi
 
-    from merfishflow.masks import write_masks
+    from merfishflow.io.masks import write_masks
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -180,8 +180,8 @@ def child(step, mode, folder):
     import numpy as np
     import pandas as pd
 
-    from merfishflow.assignment import GlobalCells, assign_spots, count_matrix, merge_cells
-    from merfishflow.masks import read_masks
+    from merfishflow.cells.assignment import GlobalCells, assign_spots, count_matrix, merge_cells
+    from merfishflow.io.masks import read_masks
 
     folder = Path(folder)
     info = json.loads((folder / "inputs.json").read_text())
@@ -364,7 +364,7 @@ def main():
     total = time.perf_counter() - t_all
     print(f"total {total:.1f} s")
     if args.append:
-        lines = ["", "## Assignment (`merfishflow.assignment`: read masks, merge_cells, assign_spots, count_matrix): "
+        lines = ["", "## Assignment (`merfishflow.cells.assignment`: read masks, merge_cells, assign_spots, count_matrix): "
                  "seconds, peak memory (`bench_assignment.py`)", "",
                  "Machine: " + _common.machine_line(info_machine) + ".",
                  "Command: `python benchmarks/bench_assignment.py " + " ".join(sys.argv[1:]) +

@@ -1,4 +1,4 @@
-"""Benchmark of pixel decoding (merfishflow.decoding.decode_tile): throughput, breakdown, peak memory.
+"""Benchmark of pixel decoding (merfishflow.spots.decoding.decode_tile): throughput, breakdown, peak memory.
 
 Not part of the test suite. Synthetic bit images (no simulator, no pipeline):
 a Gaussian background of 20 +- sqrt(20) e- per voxel (the Poisson level of
@@ -75,7 +75,7 @@ class SyntheticTile:
         self.seed = seed
 
     def truth(self):
-        """The molecules as the ground truth table :func:`merfishflow.evaluation.score_spots` takes (pixels)."""
+        """The molecules as the ground truth table :func:`merfishflow.spots.evaluation.score_spots` takes (pixels)."""
         import pandas as pd
 
         return pd.DataFrame({"spot_id": np.arange(len(self.codes)), "tile": 0, "gene_id": self.codes,
@@ -138,7 +138,7 @@ def time_sgemm(n_pixels, n_codewords, chunk, repeats):
 def throughput(shape, repeats):
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from merfishflow.decoding import (DecodingParams, _n_threads, _refinement_window, _sigmas_px, array_reader,
+    from merfishflow.spots.decoding import (DecodingParams, _n_threads, _refinement_window, _sigmas_px, array_reader,
                                       decode_tile, enhance_bits)
 
     cw = codebook()
@@ -206,7 +206,7 @@ def throughput(shape, repeats):
     d, d1, f, r = med(t_decode), med(t_decode1), med(t_filter), med(t_read)
     g, ga, g1 = med(sgemm), med(sgemm_argmax), med(sgemm1)
     passes = 1 + crop_share
-    from merfishflow.evaluation import score_spots
+    from merfishflow.spots.evaluation import score_spots
 
     spots = result.spots.rename(columns={"barcode_id": "gene_id"}).assign(tile=0)
     accuracy = score_spots(spots, reader.truth(), VOXEL)["overall"]
@@ -234,7 +234,7 @@ import resource, sys, json
 sys.path.insert(0, {bench!r})
 import numpy as np
 import bench_decoding as bd
-from merfishflow.decoding import DecodingParams, decode_tile
+from merfishflow.spots.decoding import DecodingParams, decode_tile
 mode, z = sys.argv[1], int(sys.argv[2])
 if mode == "decode":
     cw = bd.codebook()

@@ -1,4 +1,4 @@
-"""Benchmark of :func:`merfishflow.deconvolution.richardson_lucy` against the FFT it is built on.
+"""Benchmark of :func:`merfishflow.image.deconvolution.richardson_lucy` against the FFT it is built on.
 
 Measures, in one run:
 
@@ -48,11 +48,11 @@ import _common  # noqa: E402
 GB = 1e9
 VOXEL_UM = (0.31, 0.108, 0.108)
 EMISSION_UM, NA, RI = 0.68, 1.3, 1.4
-IMPORTS = "import numpy, scipy.fft, merfishflow.deconvolution, merfishflow.psf"
+IMPORTS = "import numpy, scipy.fft, merfishflow.image.deconvolution, merfishflow.image.psf"
 
 
 def make_psf():
-    from merfishflow.psf import widefield_psf
+    from merfishflow.image.psf import widefield_psf
 
     return widefield_psf(VOXEL_UM, EMISSION_UM, NA, RI)
 
@@ -72,7 +72,7 @@ def synthetic_image(shape_zyx, seed=0) -> np.ndarray:
 def time_iteration(block_zyx, repeats, iterations_per_repeat, workers, seed):
     import scipy.fft as sfft
 
-    from merfishflow import deconvolution as dc
+    from merfishflow.image import deconvolution as dc
 
     psf = dc._check_psf(make_psf())
     # The padded block exactly as richardson_lucy builds it for an interior core of a tiled image.
@@ -133,7 +133,7 @@ def child_peak_rss_kib(args) -> int:
 
 
 def measure_memory(shape_zyx, tile, iterations, workers):
-    from merfishflow.deconvolution import richardson_lucy_peak_bytes
+    from merfishflow.image.deconvolution import richardson_lucy_peak_bytes
 
     psf_shape = make_psf().shape
     base = child_peak_rss_kib(["--child", "imports"]) * 1024
@@ -152,7 +152,7 @@ def measure_memory(shape_zyx, tile, iterations, workers):
 def run_child(args) -> None:
     exec(IMPORTS, {})
     if args.child == "deconvolve":
-        from merfishflow.deconvolution import richardson_lucy
+        from merfishflow.image.deconvolution import richardson_lucy
 
         image = synthetic_image(tuple(args.memory_shape))
         out = richardson_lucy(image, make_psf(), args.iterations, tile_yx=args.tile, workers=args.workers)
@@ -161,7 +161,7 @@ def run_child(args) -> None:
 
 # report ----------------------------------------------------------------------------------------
 def main(argv=None):
-    from merfishflow.deconvolution import _available_workers
+    from merfishflow.image.deconvolution import _available_workers
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

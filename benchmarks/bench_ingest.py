@@ -8,7 +8,7 @@ layout, Poisson camera counts, 0.1 % hot pixels in the dark frame):
    raw TIFF bytes (1 MB = 10**6 B), against the *baseline*: writing the same
    uint16 arrays (``camera_data`` and ``corrected_data`` of every channel,
    same shapes, chunking and blosc-zstd compression, created through
-   :func:`merfishflow.datastore.create_array`) with tensorstore alone, from
+   :func:`merfishflow.io.datastore.create_array`) with tensorstore alone, from
    memory, in the same slab pattern as the ingest job. The ratio
    ingest / baseline has a target of >= 0.7. For context, the disk's own
    write throughput (plain ``write`` + ``fsync`` of the same byte count) and
@@ -85,14 +85,14 @@ def time_ingest(root: Path, slab_planes: int) -> tuple[float, float]:
 
 def load_written_arrays(groups) -> list:
     """``[(relative name, camera_data, corrected_data)]`` read back from the ingest's groups."""
-    from merfishflow import datastore
+    from merfishflow.io import datastore
 
     return [(g, datastore.read_array(g, "camera_data"), datastore.read_array(g, "corrected_data")) for g in groups]
 
 
 def time_tensorstore_write(out_dir: Path, arrays, slab_planes: int) -> tuple[float, float]:
     """Write every (camera, corrected) pair with tensorstore only, in the ingest's slab pattern: (wall s, CPU s)."""
-    from merfishflow import datastore
+    from merfishflow.io import datastore
 
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -135,9 +135,9 @@ def ingest_breakdown(root: Path, slab_planes: int) -> dict:
 
     import tifffile
 
-    from merfishflow import datastore
-    from merfishflow.correction import correct_counts, find_hot_pixels, neighbour_index, to_uint16
-    from merfishflow.paths import ExperimentPaths
+    from merfishflow.io import datastore
+    from merfishflow.image.correction import correct_counts, find_hot_pixels, neighbour_index, to_uint16
+    from merfishflow.io.paths import ExperimentPaths
 
     paths = ExperimentPaths(root)
     noise = datastore.read_array(paths.calibrations, "camera_noise_map")

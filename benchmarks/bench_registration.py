@@ -1,4 +1,4 @@
-"""Benchmark of round-to-round registration (merfishflow.registration) on one simulated tile.
+"""Benchmark of round-to-round registration (merfishflow.image.registration) on one simulated tile.
 
 Simulates one tile with ``--rounds`` rounds (``merfishflow.simulation``,
 default deformation 0.7 px RMS) and registers every round's fiducial onto
@@ -80,7 +80,7 @@ def time_rfftn(volume, repeats):
 def run(args):
     import tifffile
 
-    from merfishflow import registration as reg
+    from merfishflow.image import registration as reg
 
     shape = tuple(args.shape)
     with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:
@@ -153,7 +153,7 @@ def report(r, command):
     n = r["rounds"] - 1
     s = r["sum_s"]
     lines = [
-        f"## Registration (`merfishflow.registration`): one tile, rigid shift + optical flow (downsample "
+        f"## Registration (`merfishflow.image.registration`): one tile, rigid shift + optical flow (downsample "
         f"{r['downsample']})",
         "",
         f"Machine: {_common.machine_line(r['machine'])}",

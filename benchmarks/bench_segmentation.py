@@ -1,4 +1,4 @@
-"""Benchmark of merfishflow.segmentation.segment_cells: seconds and peak memory per tile.
+"""Benchmark of merfishflow.cells.segmentation.segment_cells: seconds and peak memory per tile.
 
 Each measurement runs in a fresh child process that synthesizes a
 fiducial-like image (bright cells of ~3.5 µm radius on a dim background,
@@ -6,7 +6,7 @@ smoothed random blobs, Poisson-like noise), times one
 ``scipy.ndimage.gaussian_filter`` pass (sigma 1 voxel, float32) over the same
 volume as the machine-limit yardstick, then times ``segment_cells``, and
 reports its peak RSS (``ru_maxrss``). Peak memory is that minus the peak of
-a child that only imports numpy/scipy/skimage/merfishflow.segmentation and
+a child that only imports numpy/scipy/skimage/merfishflow.cells.segmentation and
 builds the same input (the baseline).
 
 Usage
@@ -17,12 +17,12 @@ Usage
     python benchmarks/bench_segmentation.py --accuracy experiments/demo   # scores of a finished simulated run
 
 ``--accuracy EXPERIMENT`` (no timing) scores a simulated experiment the
-pipeline has run to the end: :func:`merfishflow.segmentation.mean_iou` of each
+pipeline has run to the end: :func:`merfishflow.cells.segmentation.mean_iou` of each
 tile's masks against ``ground_truth/cells_<tile>.tif``,
-:func:`~merfishflow.segmentation.mosaic_mean_iou` of the cells merged across
+:func:`~merfishflow.cells.segmentation.mosaic_mean_iou` of the cells merged across
 tiles (each cell judged once; also without the true cells of which less
 than 5 µm³ is visible, as a secondary number), and
-:func:`~merfishflow.segmentation.assignment_accuracy` of the true-positive
+:func:`~merfishflow.cells.segmentation.assignment_accuracy` of the true-positive
 spots of ``decoded/all_tiles_filtered_cells.parquet``.
 """
 
@@ -46,7 +46,7 @@ import json, resource, sys, time
 import numpy as np
 from scipy import ndimage as ndi
 import skimage.segmentation, skimage.filters
-from merfishflow.segmentation import segment_cells
+from merfishflow.cells.segmentation import segment_cells
 shape = tuple(json.loads(sys.argv[1])); mode = sys.argv[2]
 voxel = np.array(%r)
 t0 = time.perf_counter()
@@ -85,11 +85,11 @@ def accuracy(experiment_dir):
     import pyarrow.parquet as pq
     import tifffile
 
-    from merfishflow.assignment import merge_cells
-    from merfishflow.evaluation import match_spots
-    from merfishflow.masks import read_masks
-    from merfishflow.paths import ExperimentPaths
-    from merfishflow.segmentation import assignment_accuracy, mean_iou, mosaic_overlaps, mosaic_mean_iou
+    from merfishflow.cells.assignment import merge_cells
+    from merfishflow.spots.evaluation import match_spots
+    from merfishflow.io.masks import read_masks
+    from merfishflow.io.paths import ExperimentPaths
+    from merfishflow.cells.segmentation import assignment_accuracy, mean_iou, mosaic_overlaps, mosaic_mean_iou
 
     experiment_dir = Path(experiment_dir)
     paths = ExperimentPaths(experiment_dir)
@@ -145,7 +145,7 @@ def main():
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.append:
-        lines = ["", "## Segmentation (`merfishflow.segmentation.segment_cells`, watershed): seconds, peak memory "
+        lines = ["", "## Segmentation (`merfishflow.cells.segmentation.segment_cells`, watershed): seconds, peak memory "
                  "(`bench_segmentation.py`)", "",
                  "Machine: " + _common.machine_line(info) + ".",
                  "Command: `python benchmarks/bench_segmentation.py " + " ".join(sys.argv[1:]) + "`", "",

@@ -1,10 +1,10 @@
 # Validation, the one paths object, and input functions. No algorithm lives here.
 from pathlib import Path
 
-from merfishflow.config import validate_config
-from merfishflow.provenance import record_run
-from merfishflow.status import restore_datastore_json, withdraw_datastore_json
-from merfishflow.workflow import WILDCARD_CONSTRAINTS, Pipeline
+from merfishflow.workflow.config import validate_config
+from merfishflow.workflow.provenance import record_run
+from merfishflow.workflow.status import restore_datastore_json, withdraw_datastore_json
+from merfishflow.workflow.pipeline import WILDCARD_CONSTRAINTS, Pipeline
 
 config = validate_config(config, source="config", schema_path=Path(workflow.basedir) / "config" / "schema.yaml")
 # Raw files are checked once, by the main Snakemake process, not by every job.

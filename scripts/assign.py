@@ -1,6 +1,6 @@
 """Rule assign: cells merged across tiles, spots given their cell, cell x gene counts."""
-from merfishflow.jobs import run_job
-from merfishflow.paths import experiment_of
+from merfishflow.workflow.jobs import run_job
+from merfishflow.io.paths import experiment_of
 from merfishflow.stages.cells import assign_experiment
 
 

@@ -1,8 +1,8 @@
 """Rule datastore: summarize every stage's markers into datastore.json."""
-from merfishflow.jobs import run_job
-from merfishflow.paths import experiment_of
-from merfishflow.metadata import load_experiment
-from merfishflow.status import write_datastore_json
+from merfishflow.workflow.jobs import run_job
+from merfishflow.io.paths import experiment_of
+from merfishflow.io.metadata import load_experiment
+from merfishflow.workflow.status import write_datastore_json
 
 
 def main(smk, progress):

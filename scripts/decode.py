@@ -1,7 +1,7 @@
 """Rule decode: one tile's registered readouts into decoded/tileNNNN_decoded_features.parquet."""
-from merfishflow.decoding import DecodingParams
-from merfishflow.jobs import run_job
-from merfishflow.paths import experiment_of
+from merfishflow.spots.decoding import DecodingParams
+from merfishflow.workflow.jobs import run_job
+from merfishflow.io.paths import experiment_of
 from merfishflow.stages.decode import decode_tile_stage
 
 

@@ -1,6 +1,6 @@
 """Rules deconvolve_roundNNNN: Richardson-Lucy of one tile and round (fiducial + its readout bits)."""
-from merfishflow.jobs import run_job
-from merfishflow.paths import experiment_of
+from merfishflow.workflow.jobs import run_job
+from merfishflow.io.paths import experiment_of
 from merfishflow.stages.deconvolve import DeconvolutionParams, deconvolve_tile_round
 
 

@@ -1,6 +1,6 @@
 """Rule evaluate: precision, recall and F1 of the filtered spots against the simulator's truth."""
-from merfishflow.jobs import run_job
-from merfishflow.paths import experiment_of
+from merfishflow.workflow.jobs import run_job
+from merfishflow.io.paths import experiment_of
 from merfishflow.stages.decode import evaluate_experiment
 
 

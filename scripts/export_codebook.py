@@ -1,7 +1,7 @@
 """Rule export_starfish_codebook: the codebook as starfish's codebook JSON."""
-from merfishflow.export import export_starfish_codebook
-from merfishflow.jobs import run_job
-from merfishflow.paths import experiment_of
+from merfishflow.io.export import export_starfish_codebook
+from merfishflow.workflow.jobs import run_job
+from merfishflow.io.paths import experiment_of
 
 
 def main(smk, progress):

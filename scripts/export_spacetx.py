@@ -1,9 +1,9 @@
 """Rule export_spacetx: a registered tile as a SpaceTx experiment that starfish opens."""
 from pathlib import Path
 
-from merfishflow.export import export_spacetx
-from merfishflow.jobs import run_job
-from merfishflow.paths import experiment_of
+from merfishflow.io.export import export_spacetx
+from merfishflow.workflow.jobs import run_job
+from merfishflow.io.paths import experiment_of
 
 
 def main(smk, progress):

@@ -1,7 +1,7 @@
 """Rules export_imagej / export_ome: a registered tile as a multi-page TIFF hyperstack."""
-from merfishflow.export import export_tile_tiff
-from merfishflow.jobs import run_job
-from merfishflow.paths import experiment_of
+from merfishflow.io.export import export_tile_tiff
+from merfishflow.workflow.jobs import run_job
+from merfishflow.io.paths import experiment_of
 
 
 def main(smk, progress):

@@ -1,7 +1,7 @@
 """Rule filter_spots: blank-based FDR filter and overlap cleanup of all tiles' spots."""
-from merfishflow.filtering import FilterParams
-from merfishflow.jobs import run_job
-from merfishflow.paths import experiment_of
+from merfishflow.spots.filtering import FilterParams
+from merfishflow.workflow.jobs import run_job
+from merfishflow.io.paths import experiment_of
 from merfishflow.stages.decode import filter_experiment
 
 

@@ -1,7 +1,7 @@
 """Rules ingest_roundNNNN: one raw TIFF (tile x round) into camera_data and corrected_data."""
 from merfishflow.stages.ingest import CorrectionParams, ingest_tile_round
-from merfishflow.jobs import run_job
-from merfishflow.paths import experiment_of
+from merfishflow.workflow.jobs import run_job
+from merfishflow.io.paths import experiment_of
 
 
 def main(smk, progress):

@@ -1,7 +1,7 @@
 """Rule init: raw_data metadata and optics into calibrations.zarr."""
 from merfishflow.stages.init import run_init
-from merfishflow.jobs import run_job
-from merfishflow.paths import experiment_of
+from merfishflow.workflow.jobs import run_job
+from merfishflow.io.paths import experiment_of
 
 
 def main(smk, progress):

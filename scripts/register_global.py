@@ -1,7 +1,7 @@
 """Rule register_global: refine every tile's position from the overlaps of the round-0 fiducials."""
-from merfishflow.jobs import run_job
-from merfishflow.naming import tile_name
-from merfishflow.paths import experiment_of
+from merfishflow.workflow.jobs import run_job
+from merfishflow.io.naming import tile_name
+from merfishflow.io.paths import experiment_of
 from merfishflow.stages.register import RegistrationParams, register_experiment
 
 

@@ -1,6 +1,6 @@
 """Rule register_local: every round of one tile onto its round 0; readouts follow their round."""
-from merfishflow.jobs import run_job
-from merfishflow.paths import experiment_of
+from merfishflow.workflow.jobs import run_job
+from merfishflow.io.paths import experiment_of
 from merfishflow.stages.register import RegistrationParams, register_tile
 
 

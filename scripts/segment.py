@@ -1,8 +1,8 @@
 """Rule segment: one tile's round-0 fiducial into a versioned cell mask file."""
-from merfishflow.config import segmentation_options
-from merfishflow.jobs import run_job
-from merfishflow.paths import experiment_of
-from merfishflow.segmentation import SegmentationParams
+from merfishflow.workflow.config import segmentation_options
+from merfishflow.workflow.jobs import run_job
+from merfishflow.io.paths import experiment_of
+from merfishflow.cells.segmentation import SegmentationParams
 from merfishflow.stages.cells import segment_tile_stage
 
 

@@ -1,6 +1,6 @@
 """Rule simulate: write a simulated experiment's raw_data/ and ground_truth/."""
-from merfishflow.jobs import run_job
-from merfishflow.paths import experiment_of
+from merfishflow.workflow.jobs import run_job
+from merfishflow.io.paths import experiment_of
 from merfishflow.simulation import simulate_experiment
 
 

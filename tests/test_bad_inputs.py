@@ -30,10 +30,10 @@ import pytest
 import tifffile
 
 from conftest import planned_jobs, run_snakemake, write_config
-from merfishflow import datastore
-from merfishflow.metadata import load_experiment
-from merfishflow.paths import ExperimentPaths
-from merfishflow.status import stage_states
+from merfishflow.io import datastore
+from merfishflow.io.metadata import load_experiment
+from merfishflow.io.paths import ExperimentPaths
+from merfishflow.workflow.status import stage_states
 
 pytestmark = pytest.mark.workflow
 

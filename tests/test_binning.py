@@ -1,10 +1,10 @@
-"""Block means (merfishflow.binning): against a plain loop over blocks, and independent of the chunking."""
+"""Block means (merfishflow.image.binning): against a plain loop over blocks, and independent of the chunking."""
 
 import numpy as np
 import pytest
 
-from merfishflow import binning
-from merfishflow.binning import binned_shape, block_mean
+from merfishflow.image import binning
+from merfishflow.image.binning import binned_shape, block_mean
 
 
 def loop_block_mean(image, factors):

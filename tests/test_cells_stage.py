@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.io
 
-from merfishflow import datastore
-from merfishflow.assignment import assign_spots, merge_cells
+from merfishflow.io import datastore
+from merfishflow.cells.assignment import assign_spots, merge_cells
 from merfishflow.errors import InputError
-from merfishflow.masks import read_masks, write_masks
-from merfishflow.metadata import load_experiment
-from merfishflow.paths import REGISTERED_DATA, ExperimentPaths
+from merfishflow.io.masks import read_masks, write_masks
+from merfishflow.io.metadata import load_experiment
+from merfishflow.io.paths import REGISTERED_DATA, ExperimentPaths
 
 pytestmark = pytest.mark.workflow
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from merfishflow import datastore
-from merfishflow.correction import correct_counts, find_hot_pixels, neighbour_index, to_uint16
+from merfishflow.io import datastore
+from merfishflow.image.correction import correct_counts, find_hot_pixels, neighbour_index, to_uint16
 from merfishflow.errors import IncompleteDataError, InputError
 
 

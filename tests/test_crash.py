@@ -14,7 +14,7 @@ profiles/default) makes the second command redo the jobs the crash interrupted.
 
 Where a kill lands is made deterministic, not left to timing: a ``sitecustomize`` module, put on
 ``PYTHONPATH`` for the interrupted runs only, makes the job that is about to write a chosen file
-(through ``merfishflow.fileio.atomic``: every marker and product file) or to log a chosen progress
+(through ``merfishflow.io.fileio.atomic``: every marker and product file) or to log a chosen progress
 line report its pid and sleep. The test then SIGKILLs the controller's whole process group (the
 controller and the paused job, as a power cut or ``kill -9`` of the session does) or only the job's
 process. Everything else is the real workflow, unmodified.
@@ -34,8 +34,8 @@ import psutil
 import pytest
 
 from conftest import REPO, file_bytes, planned_jobs, run_snakemake, snakemake_env
-from merfishflow import datastore
-from merfishflow.paths import ExperimentPaths
+from merfishflow.io import datastore
+from merfishflow.io.paths import ExperimentPaths
 
 pytestmark = pytest.mark.workflow
 
@@ -53,7 +53,7 @@ if _AT or _LOG:
         time.sleep(600)
 
     if _AT:
-        from merfishflow import fileio
+        from merfishflow.io import fileio
         _atomic = fileio.atomic
 
         def atomic(path, write):
@@ -68,7 +68,7 @@ if _AT or _LOG:
 
         fileio.atomic = atomic
     if _LOG:
-        from merfishflow import jobs
+        from merfishflow.workflow import jobs
         _call = jobs.JobLog.__call__
 
         def __call__(self, message):

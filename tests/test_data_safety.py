@@ -15,9 +15,9 @@ import pytest
 
 from conftest import TINY_SIMULATION, file_bytes, run_snakemake, snakemake_env, write_config
 from merfishflow.errors import InputError
-from merfishflow.paths import ExperimentPaths
+from merfishflow.io.paths import ExperimentPaths
 from merfishflow.simulation import SimulationParams, simulate_experiment, simulation_target_problem
-from merfishflow.status import stage_states
+from merfishflow.workflow.status import stage_states
 
 pytestmark = pytest.mark.workflow
 
@@ -95,7 +95,7 @@ def test_failed_rerun_leaves_a_truthful_summary(demo_copy):
     summary = json.loads(paths.datastore_json.read_text())
     assert not summary["stages"]["ingest"]["complete"]
     assert "tile0001" in summary["stages"]["ingest"]["incomplete"]
-    from merfishflow.metadata import load_experiment
+    from merfishflow.io.metadata import load_experiment
 
     truth = stage_states(load_experiment(experiment, check_tiffs=False), experiment, simulated=True)
     assert summary["stages"] == truth

@@ -10,12 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from merfishflow import datastore
-from merfishflow.decoding import DecodingParams
+from merfishflow.io import datastore
+from merfishflow.spots.decoding import DecodingParams
 from merfishflow.errors import InputError
-from merfishflow.evaluation import match_spots
-from merfishflow.metadata import load_experiment
-from merfishflow.paths import ExperimentPaths
+from merfishflow.spots.evaluation import match_spots
+from merfishflow.io.metadata import load_experiment
+from merfishflow.io.paths import ExperimentPaths
 from merfishflow.stages.decode import decode_tile_stage, filter_experiment, read_metadata, spot_schema
 
 pytestmark = pytest.mark.workflow

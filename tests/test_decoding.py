@@ -1,4 +1,4 @@
-"""Pixel decoding (merfishflow.decoding) against the simulator's ground truth, and its contracts."""
+"""Pixel decoding (merfishflow.spots.decoding) against the simulator's ground truth, and its contracts."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from merfishflow import datastore
-from merfishflow.decoding import DecodingParams, array_reader, decode_tile, spot_columns
+from merfishflow.io import datastore
+from merfishflow.spots.decoding import DecodingParams, array_reader, decode_tile, spot_columns
 from merfishflow.errors import InputError
-from merfishflow.evaluation import score_spots
-from merfishflow.metadata import load_experiment
-from merfishflow.paths import REGISTERED_DATA, ExperimentPaths
+from merfishflow.spots.evaluation import score_spots
+from merfishflow.io.metadata import load_experiment
+from merfishflow.io.paths import REGISTERED_DATA, ExperimentPaths
 from merfishflow.simulation import simulate_experiment
 from merfishflow.stages.deconvolve import deconvolve_tile_round
 from merfishflow.stages.ingest import ingest_tile_round
@@ -23,7 +23,7 @@ from merfishflow.stages.register import register_tile
 # one tile to save time.
 SIMULATION = {"seed": 1, "n_tiles_yx": [1, 1]}
 # Measured with the defaults on this tile (99 molecules in the stack): F1 0.979 (P 1.000, R 0.960) with molecules
-# just outside the stack as "don't care" (merfishflow.evaluation); strict F1 0.945. See benchmarks/RESULTS.md.
+# just outside the stack as "don't care" (merfishflow.spots.evaluation); strict F1 0.945. See benchmarks/RESULTS.md.
 F1_FLOOR = 0.90
 F1_TARGET = 0.97
 
@@ -195,7 +195,7 @@ def test_a_reader_that_ignores_the_buffer_gives_the_same_spots():
 
 @pytest.mark.parametrize("window", [np.s_[:, :, :, :], np.s_[:, 1:4, 3:17, 2:21]])
 def test_trace_magnitudes_follow_numpy_on_views(window):
-    from merfishflow.kernels import trace_magnitudes
+    from merfishflow.image.kernels import trace_magnitudes
 
     rng = np.random.default_rng(4)
     enh = rng.random((5, 6, 20, 23), dtype=np.float32)[window]
@@ -244,7 +244,7 @@ def test_decoding_is_deterministic(registered_tile, decoded):
 def test_a_window_with_the_filter_halo_enhances_like_the_whole_plane(window):
     """What the refinement crop of a large tile relies on: enhancing a y/x window grown by
     ``_filter_halo_yx`` gives the whole plane's values inside the window (float32 rounding aside)."""
-    from merfishflow.decoding import _filter_halo_yx, _sigmas_px, enhance_bits
+    from merfishflow.spots.decoding import _filter_halo_yx, _sigmas_px, enhance_bits
 
     params = DecodingParams()
     sig = _sigmas_px(params, (0.31, 0.108, 0.108))
@@ -267,8 +267,8 @@ def test_enhancement_without_lowpass_subtracts_the_background(downsample):
     its input, which must not be overwritten first."""
     from scipy import ndimage as ndi
 
-    from merfishflow.decoding import _sigmas_px, enhance_bits
-    from merfishflow.kernels import PlaneDoG
+    from merfishflow.spots.decoding import _sigmas_px, enhance_bits
+    from merfishflow.image.kernels import PlaneDoG
 
     params = DecodingParams(lowpass_sigma_zyx_um=(0, 0, 0), background_downsample=downsample)
     sig = _sigmas_px(params, (0.31, 0.108, 0.108))
@@ -285,7 +285,7 @@ def test_enhancement_without_lowpass_subtracts_the_background(downsample):
 
 @pytest.mark.parametrize("shape", [(2, 128, 64), (2, 130, 127), (1, 5, 7), (1, 3, 2)])
 def test_block_means_average_what_each_block_has(shape):
-    from merfishflow.kernels import PlaneDoG
+    from merfishflow.image.kernels import PlaneDoG
 
     image = np.random.default_rng(2).random(shape, dtype=np.float32)
     f = 4
@@ -300,7 +300,7 @@ def test_block_means_average_what_each_block_has(shape):
 def test_block_background_follows_the_exact_gaussian(shape):
     from scipy import ndimage as ndi
 
-    from merfishflow.kernels import PlaneDoG
+    from merfishflow.image.kernels import PlaneDoG
 
     rng = np.random.default_rng(0)
     image = (400 * ndi.gaussian_filter(rng.standard_normal(shape), (0, 10, 10))
@@ -322,7 +322,7 @@ def test_enhancement_does_not_depend_on_slabs_or_threads_and_follows_scipy():
     from scipy import ndimage as ndi
     from threadpoolctl import threadpool_limits
 
-    from merfishflow.decoding import _sigmas_px, enhance_bits
+    from merfishflow.spots.decoding import _sigmas_px, enhance_bits
 
     params = DecodingParams(background_sigma_yx_um=0.0)
     sig = _sigmas_px(params, (0.31, 0.108, 0.108))

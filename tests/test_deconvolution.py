@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.signal import fftconvolve
 
-from merfishflow.deconvolution import (
+from merfishflow.image.deconvolution import (
     RichardsonLucyInfo,
     check_psf_matches,
     default_overlap_yx,
@@ -15,7 +15,7 @@ from merfishflow.deconvolution import (
     richardson_lucy_peak_bytes,
 )
 from merfishflow.errors import InputError
-from merfishflow.psf import widefield_psf
+from merfishflow.image.psf import widefield_psf
 from merfishflow.simulation.render import splat
 
 VOXEL_ZYX_UM = (0.31, 0.108, 0.108)
@@ -227,7 +227,7 @@ def test_deterministic(psf, crowded):
 
 
 def test_auto_backend_without_gpu_is_cpu(psf, spots):
-    from merfishflow.deconvolution import _gpu_cupy
+    from merfishflow.image.deconvolution import _gpu_cupy
 
     if _gpu_cupy() is not None:
         pytest.skip("a GPU is available: 'auto' picks cupy (covered by test_gpu_matches_cpu)")
@@ -237,7 +237,7 @@ def test_auto_backend_without_gpu_is_cpu(psf, spots):
 
 
 def test_gpu_matches_cpu(psf, crowded):
-    from merfishflow.deconvolution import _gpu_cupy
+    from merfishflow.image.deconvolution import _gpu_cupy
 
     cupy = _gpu_cupy()
     if cupy is None:

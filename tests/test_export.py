@@ -1,4 +1,4 @@
-"""Exports (merfishflow.export): ImageJ / OME TIFF hyperstacks and SpaceTx / starfish files.
+"""Exports (merfishflow.io.export): ImageJ / OME TIFF hyperstacks and SpaceTx / starfish files.
 
 A tiny datastore is built here with the datastore writers (2 rounds x 2
 readout channels = 4 bits, 3 z-planes of 5 x 7 pixels, 2 tiles), so the tests
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from merfishflow import datastore, export
+from merfishflow.io import datastore, export
 from merfishflow.errors import IncompleteDataError, InputError
-from merfishflow.paths import REGISTERED_DATA, ExperimentPaths
+from merfishflow.io.paths import REGISTERED_DATA, ExperimentPaths
 
 VOXEL = [0.31, 0.108, 0.108]
 SHAPE = (3, 5, 7)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from merfishflow.errors import InputError
-from merfishflow.filtering import fdr_filter, remove_overlap_duplicates, starfish_table
+from merfishflow.spots.filtering import fdr_filter, remove_overlap_duplicates, starfish_table
 
 N_GENES, N_BLANKS = 20, 5
 

@@ -1,4 +1,4 @@
-"""Tests of merfishflow.masks: the versioned .mfmask format (docs/masks.md)."""
+"""Tests of merfishflow.io.masks: the versioned .mfmask format (docs/masks.md)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from merfishflow import masks
+from merfishflow.io import masks
 from merfishflow.errors import InputError
 
 DATA = Path(__file__).parent / "data" / "masks"
@@ -145,7 +145,7 @@ def test_writer_rejects_bad_input(tmp_path):
 
 
 def test_count_label_pairs_matches_numpy_unique_on_rows():
-    from merfishflow.masks import count_label_pairs
+    from merfishflow.io.masks import count_label_pairs
 
     rng = np.random.default_rng(0)
     a = rng.integers(0, 2**32, 1000, dtype=np.uint64).astype(np.uint32)

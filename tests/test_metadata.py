@@ -8,11 +8,11 @@ import pytest
 import yaml
 
 from conftest import TINY_SIMULATION
-from merfishflow.config import validate_config
+from merfishflow.workflow.config import validate_config
 from merfishflow.errors import InputError
-from merfishflow.metadata import load_experiment
+from merfishflow.io.metadata import load_experiment
 from merfishflow.simulation import planned_experiment, simulate_experiment
-from merfishflow.workflow import Pipeline
+from merfishflow.workflow.pipeline import Pipeline
 
 
 @pytest.fixture(scope="module")

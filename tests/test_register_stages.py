@@ -7,15 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from merfishflow import datastore
-from merfishflow.correction import to_uint16
+from merfishflow.io import datastore
+from merfishflow.image.correction import to_uint16
 from merfishflow.errors import IncompleteDataError, InputError
-from merfishflow.metadata import load_experiment
-from merfishflow.paths import DECON_DATA, FLOW_FIELD, REGISTERED_DATA, ExperimentPaths
-from merfishflow.registration import apply_transform
+from merfishflow.io.metadata import load_experiment
+from merfishflow.io.paths import DECON_DATA, FLOW_FIELD, REGISTERED_DATA, ExperimentPaths
+from merfishflow.image.registration import apply_transform
 from merfishflow.stages.deconvolve import deconvolve_tile_round
 from merfishflow.stages.register import FLOW_DOWNSAMPLE, register_tile
-from merfishflow.status import stage_states
+from merfishflow.workflow.status import stage_states
 
 pytestmark = pytest.mark.workflow
 

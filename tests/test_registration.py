@@ -1,4 +1,4 @@
-"""merfishflow.registration against the simulator's ground truth (transforms.json + deformation TIFFs).
+"""merfishflow.image.registration against the simulator's ground truth (transforms.json + deformation TIFFs).
 
 Displacements are compared in the simulator's convention: a point at p in
 round 0 is at p + shift_zyx_px[r] + deformation_r(p) in round r.
@@ -13,7 +13,7 @@ import pytest
 import tifffile
 
 from merfishflow.errors import InputError
-from merfishflow.registration import (
+from merfishflow.image.registration import (
     RoundRegistration,
     apply_transform,
     optical_flow_field,
@@ -86,7 +86,7 @@ def test_rigid_shift_recovers_pure_shifts(sims):
 def test_rigid_shift_sign_is_minus_phase_cross_correlation(sims):
     from skimage.registration import phase_cross_correlation
 
-    from merfishflow.registration import _prepare_for_correlation
+    from merfishflow.image.registration import _prepare_for_correlation
 
     sim = sims[0.0]
     a = _prepare_for_correlation(sim.fiducial[0], 0.3)
@@ -280,7 +280,7 @@ def test_same_inputs_give_identical_bytes(sims):
 def test_rigid_shift_on_a_central_crop_agrees_with_the_whole_tile():
     from scipy import ndimage
 
-    from merfishflow.registration import central_crop, register_round
+    from merfishflow.image.registration import central_crop, register_round
 
     rng = np.random.default_rng(1)
     # Fine texture: a crop must hold many features for phase correlation (a 48 px crop of

@@ -1,4 +1,4 @@
-"""Tests of merfishflow.segmentation against the simulator's true cell labels."""
+"""Tests of merfishflow.cells.segmentation against the simulator's true cell labels."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from merfishflow.errors import InputError
-from merfishflow.segmentation import (SegmentationParams, mean_iou, merge_small_regions, mosaic_mean_iou,
+from merfishflow.cells.segmentation import (SegmentationParams, mean_iou, merge_small_regions, mosaic_mean_iou,
                                      segment_cells)
 
 VOXEL = (0.31, 0.108, 0.108)
@@ -101,7 +101,7 @@ def test_cells_split_on_bins_score_as_at_full_resolution(segmented, tile):
     """The default splits the cells on 3 x 3 bins (working_voxel_yx_um 0.3 at 0.108 um pixels; 128 pixels
     leave a partial bin): 0.644 here against 0.643 at full resolution (the mosaics of docs/masks.md: 0.710
     against 0.703), for a twelfth of the time. Its cells lie inside the full-resolution foreground."""
-    from merfishflow.segmentation import _smoothed_foreground
+    from merfishflow.cells.segmentation import _smoothed_foreground
 
     params = SegmentationParams()
     assert params.binning_factor(0.108) == 3 and params.binning_factor(0.3) == 1

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from merfishflow.assignment import merge_cells
-from merfishflow.masks import read_masks, write_masks
-from merfishflow.segmentation import SegmentationParams, mosaic_mean_iou, segment_cells
+from merfishflow.cells.assignment import merge_cells
+from merfishflow.io.masks import read_masks, write_masks
+from merfishflow.cells.segmentation import SegmentationParams, mosaic_mean_iou, segment_cells
 from merfishflow.stages.cells import DEFAULT_CONTEXT_UM, assemble_canvas
 
 # 2 x 2 tiles of 27.6 µm: about 70 cells (a 1 x 2 demo-sized mosaic has 20, too few to compare methods:
@@ -117,8 +117,8 @@ def test_assemble_canvas_places_neighbours_and_repeats_the_edge():
 
 
 def test_a_segment_job_reads_only_the_tiles_near_it(tmp_path):
-    from merfishflow.config import validate_config
-    from merfishflow.workflow import Pipeline
+    from merfishflow.workflow.config import validate_config
+    from merfishflow.workflow.pipeline import Pipeline
 
     config = validate_config({"experiment_dir": str(tmp_path / "exp"),
                               "simulation": {"enabled": True, "params": {"n_tiles_yx": [3, 3],

@@ -9,9 +9,9 @@ import pytest
 import tifffile
 
 from merfishflow.errors import InputError
-from merfishflow.metadata import load_experiment
+from merfishflow.io.metadata import load_experiment
 from merfishflow.simulation import simulate_experiment
-from merfishflow.stitching import overlap_slices, register_tiles
+from merfishflow.image.stitching import overlap_slices, register_tiles
 
 # Stage errors of ~5 px (0.5 µm at 0.108 µm/px) on a 2 x 2 grid with 20 % overlap.
 PARAMS = dict(seed=8, n_tiles_yx=(2, 2), n_rounds=1, n_readout_channels=2, image_shape_zyx=(12, 96, 96),

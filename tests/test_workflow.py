@@ -12,13 +12,13 @@ import tifffile
 
 from conftest import (REPO, TINY_SIMULATION, file_bytes, planned_jobs, run_snakemake, snakemake_env,
                       write_config)
-from merfishflow import datastore
+from merfishflow.io import datastore
 from merfishflow.errors import IncompleteDataError, InputError
 from merfishflow.stages.ingest import CorrectionParams, ingest_tile_round
-from merfishflow.metadata import load_experiment
-from merfishflow.paths import ExperimentPaths
+from merfishflow.io.metadata import load_experiment
+from merfishflow.io.paths import ExperimentPaths
 from merfishflow.simulation import simulate_experiment
-from merfishflow.status import STAGES, stage_states
+from merfishflow.workflow.status import STAGES, stage_states
 
 pytestmark = pytest.mark.workflow
 

@@ -24,7 +24,7 @@ def _simulate(args):
 
 
 def _validate(args):
-    from .metadata import load_experiment
+    from .io.metadata import load_experiment
 
     experiment = load_experiment(args.experiment_dir)
     print(f"{args.experiment_dir}: raw_data is valid: {len(experiment.tiles)} tiles, {len(experiment.rounds)} rounds, "
@@ -32,8 +32,8 @@ def _validate(args):
 
 
 def _status(args):
-    from .metadata import load_experiment
-    from .status import format_status
+    from .io.metadata import load_experiment
+    from .workflow.status import format_status
 
     print(format_status(load_experiment(args.experiment_dir, check_tiffs=False), args.experiment_dir))
 

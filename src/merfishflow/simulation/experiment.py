@@ -13,12 +13,12 @@ import pyarrow as pa
 from scipy import ndimage as ndi
 
 from ..errors import InputError
-from ..metadata import Channel, Experiment
-from ..naming import codebook_bit_column, round_name, tile_name
-from ..psf import widefield_psf
-from .. import fileio as files
-from ..fileio import canonical_json
-from ..paths import ExperimentPaths
+from ..io.metadata import Channel, Experiment
+from ..io.naming import codebook_bit_column, round_name, tile_name
+from ..image.psf import widefield_psf
+from ..io import fileio as files
+from ..io.fileio import canonical_json
+from ..io.paths import ExperimentPaths
 from .camera import Camera
 from .codebook import codeword_names, make_codebook
 from .params import SimulationParams
@@ -35,7 +35,7 @@ _STREAM_TEXTURE = 10
 _EXCLUSION_PX = (2.0, 2.0, 2.0)
 # spots.parquet also lists, with in_stack = False, the molecules this close (µm, per axis) outside a
 # tile's frame: a decoder may rightly report one at the frame's edge, and scoring must recognise it as a
-# real molecule (merfishflow.evaluation ignores such matches). Valid for match radii up to this value.
+# real molecule (merfishflow.spots.evaluation ignores such matches). Valid for match radii up to this value.
 TRUTH_MARGIN_UM = 1.0
 
 PHASE_CORRELATION_NOTE = (
@@ -301,7 +301,7 @@ def planned_experiment(params) -> Experiment:
 
     Returns
     -------
-    merfishflow.metadata.Experiment
+    merfishflow.io.metadata.Experiment
         With empty ``gene_ids`` and ``codewords``.
     """
     p = _as_params(params)

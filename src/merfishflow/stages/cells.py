@@ -1,13 +1,13 @@
 """The segment and assign stages: cell masks per tile, then spots to cells and cell x gene counts.
 
-segment (per tile): :func:`merfishflow.segmentation.segment_cells` on the
+segment (per tile): :func:`merfishflow.cells.segmentation.segment_cells` on the
 tile's round-0 fiducial (camera-corrected by default, ``segmentation.image``;
 round 0 is the registration reference), written as a versioned mask file
 (``segmentation/<tile>_cells.mfmask``, docs/masks.md) placed by the tile's
 global registration.
 
 assign (experiment): cells merged across tile overlaps
-(:mod:`merfishflow.assignment`), every filtered spot given a ``cell_id``, and
+(:mod:`merfishflow.cells.assignment`), every filtered spot given a ``cell_id``, and
 the counts written as 10x-style Matrix Market files and an AnnData ``.h5ad``.
 """
 
@@ -24,15 +24,15 @@ import pyarrow.parquet as pq
 from scipy import ndimage as ndi
 from skimage.segmentation import relabel_sequential
 
-from .. import datastore
-from ..assignment import assign_spots, count_matrix, merge_cells
+from ..io import datastore
+from ..cells.assignment import assign_spots, count_matrix, merge_cells
 from ..errors import InputError
-from ..fileio import atomic
-from ..filtering import starfish_table
-from ..masks import read_masks, write_masks
-from ..paths import CORRECTED_DATA, SEGMENTATION_IMAGES, ExperimentPaths
-from ..segmentation import SegmentationParams, segment_cells
-from ..stitching import DEFAULT_CONTEXT_UM, context_windows
+from ..io.fileio import atomic
+from ..spots.filtering import starfish_table
+from ..io.masks import read_masks, write_masks
+from ..io.paths import CORRECTED_DATA, SEGMENTATION_IMAGES, ExperimentPaths
+from ..cells.segmentation import SegmentationParams, segment_cells
+from ..image.stitching import DEFAULT_CONTEXT_UM, context_windows
 from .decode import BLANK_PREFIX, read_metadata, spot_schema, write_spot_table
 
 
@@ -105,7 +105,7 @@ def assemble_canvas(center, origins_um, shape_zyx, voxel_size_zyx_um, margin_yx_
 
 def fiducial_source(paths, tile, image):
     """``(open, owner)`` of ``tile``'s round-0 fiducial that ``image`` names
-    (:meth:`~merfishflow.paths.ExperimentPaths.segmentation_source`): a function returning its tensorstore
+    (:meth:`~merfishflow.io.paths.ExperimentPaths.segmentation_source`): a function returning its tensorstore
     handle, and the group or array whose marker's digest records the version read."""
     owner = paths.segmentation_source(tile, image)
     if image == "corrected":
@@ -114,7 +114,7 @@ def fiducial_source(paths, tile, image):
 
 
 def context_canvas(paths, tile, tiles, margin_um, image=SEGMENTATION_IMAGES[0]):
-    """:func:`assemble_canvas` of the round-0 fiducials (``image``: :data:`~merfishflow.paths.SEGMENTATION_IMAGES`), placed by
+    """:func:`assemble_canvas` of the round-0 fiducials (``image``: :data:`~merfishflow.io.paths.SEGMENTATION_IMAGES`), placed by
     global registration.
 
     Returns
@@ -151,7 +151,7 @@ def segment_tile_stage(experiment_dir, tile, params=SegmentationParams(), tiles=
     """Segment one tile's round-0 fiducial into ``segmentation/<tile>_cells.mfmask``.
 
     ``image`` is ``"corrected"`` (camera-corrected, the default) or
-    ``"deconvolved"`` (the registered, deconvolved fiducial); see :data:`~merfishflow.paths.SEGMENTATION_IMAGES`.
+    ``"deconvolved"`` (the registered, deconvolved fiducial); see :data:`~merfishflow.io.paths.SEGMENTATION_IMAGES`.
 
     The tile is segmented with a band of ``context_um`` of its neighbours
     around it (:func:`context_canvas`; ``tiles`` lists every tile of the

@@ -1,18 +1,18 @@
 """The decode, filter and evaluate stages: registered readouts to spot tables.
 
 decode (per tile): every bit's ``registered_decon_data`` is streamed in
-z-slabs through :func:`merfishflow.decoding.decode_tile`; the spots get their
+z-slabs through :func:`merfishflow.spots.decoding.decode_tile`; the spots get their
 gene, their global position (the tile's ``global_registration`` origin plus
 pixel x voxel size) and ``is_blank``, and go to
 ``decoded/tileNNNN_decoded_features.parquet``. The normalization and
 thresholds used are in the file's metadata (key ``merfishflow``).
 
 filter (experiment): all tiles' spots, blank-based FDR control, then overlap
-duplicates removed (:mod:`merfishflow.filtering`) into
+duplicates removed (:mod:`merfishflow.spots.filtering`) into
 ``decoded/all_tiles_filtered.parquet`` and starfish's DecodedSpots CSV.
 
 evaluate (simulated experiments): the filtered spots against
-``ground_truth/spots.parquet`` (:mod:`merfishflow.evaluation`).
+``ground_truth/spots.parquet`` (:mod:`merfishflow.spots.evaluation`).
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import datastore
-from ..decoding import DecodingParams, decode_tile
+from ..io import datastore
+from ..spots.decoding import DecodingParams, decode_tile
 from ..errors import InputError
-from ..evaluation import score_spots
-from ..fileio import atomic, canonical_json, write_text
-from ..filtering import FilterParams, fdr_filter, remove_overlap_duplicates, starfish_table
-from ..naming import bit_name
-from ..paths import REGISTERED_DATA, ExperimentPaths
+from ..spots.evaluation import score_spots
+from ..io.fileio import atomic, canonical_json, write_text
+from ..spots.filtering import FilterParams, fdr_filter, remove_overlap_duplicates, starfish_table
+from ..io.naming import bit_name
+from ..io.paths import REGISTERED_DATA, ExperimentPaths
 
 METADATA_KEY = b"merfishflow"
 BLANK_PREFIX = "Blank-"

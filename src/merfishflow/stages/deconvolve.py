@@ -2,7 +2,7 @@
 
 One job deconvolves the round's fiducial and the readout bits imaged in that
 round, each with its channel's PSF from ``calibrations.zarr/psf_data``, by
-:func:`merfishflow.deconvolution.richardson_lucy`. ``decon_data`` is uint16
+:func:`merfishflow.image.deconvolution.richardson_lucy`. ``decon_data`` is uint16
 photoelectrons (Richardson-Lucy keeps the flux), rounded and saturating at
 65535; its own ``.zattrs`` is the job's marker.
 """
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import datastore
-from ..correction import to_uint16
-from ..deconvolution import check_psf_matches, richardson_lucy
-from ..paths import DECON_DATA, ExperimentPaths
+from ..io import datastore
+from ..image.correction import to_uint16
+from ..image.deconvolution import check_psf_matches, richardson_lucy
+from ..io.paths import DECON_DATA, ExperimentPaths
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class DeconvolutionParams:
 
 def round_groups(paths: ExperimentPaths, calibration: dict, tile: str, round_: str):
     """``[(group, channel index), ...]``: the round's fiducial group, then its readout bits' groups."""
-    from ..naming import bit_name
+    from ..io.naming import bit_name
 
     channels = calibration["channels"]
     fiducial = next(i for i, c in enumerate(channels) if c["role"] == "fiducial")

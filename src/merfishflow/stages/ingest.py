@@ -4,7 +4,7 @@ The TIFF's fiducial channel goes to ``polyDT/<tile>/<round>.zarr`` and each
 readout channel to ``readouts/<tile>/<bit>.zarr`` (the bit exp_order.csv
 names for that round and channel); each group gets ``camera_data`` (the raw
 uint16 counts) and ``corrected_data`` (uint16 photoelectrons, see
-:mod:`merfishflow.correction`). The TIFF is read in slabs of z-planes, so a
+:mod:`merfishflow.image.correction`). The TIFF is read in slabs of z-planes, so a
 job holds a few planes of one channel at a time whatever the tile size.
 """
 
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import datastore
-from ..correction import correct_counts, find_hot_pixels, neighbour_index, to_uint16
+from ..io import datastore
+from ..image.correction import correct_counts, find_hot_pixels, neighbour_index, to_uint16
 from ..errors import InputError
-from ..naming import bit_name
-from ..paths import ExperimentPaths
+from ..io.naming import bit_name
+from ..io.paths import ExperimentPaths
 
 ARRAYS = ("camera_data", "corrected_data")
 

@@ -7,7 +7,7 @@ channels and the microscope and camera metadata; its arrays are
   frame, or the scalar offset everywhere), ``e_per_adu`` and
   ``known_hot_pixel`` (1 where ``camera.hot_pixel_map`` marks a pixel);
 - ``psf_data``: float32 (channels, z, y, x), the widefield PSF of every
-  channel (:func:`merfishflow.psf.widefield_psf`, unit sum), one common odd
+  channel (:func:`merfishflow.image.psf.widefield_psf`, unit sum), one common odd
   support fitted to the longest emission wavelength.
 """
 
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import datastore
+from ..io import datastore
 from ..errors import InputError
-from ..metadata import Experiment, load_experiment
-from ..paths import ExperimentPaths
-from ..psf import psf_shape_zyx, widefield_psf
+from ..io.metadata import Experiment, load_experiment
+from ..io.paths import ExperimentPaths
+from ..image.psf import psf_shape_zyx, widefield_psf
 
 NOISE_MAP_PLANES = ["offset_adu", "e_per_adu", "known_hot_pixel"]
 

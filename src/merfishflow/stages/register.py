@@ -1,14 +1,14 @@
 """The registration stages: local (rounds of one tile onto its round 0) and global (tiles in the world).
 
 Local, per tile: every round's deconvolved fiducial is registered to round
-0's (:func:`merfishflow.registration.register_round`: a rigid sub-pixel
+0's (:func:`merfishflow.image.registration.register_round`: a rigid sub-pixel
 shift, then an optical-flow field at 3 x 3 lateral downsampling), the field
 is stored as ``polyDT/<tile>/<round>.zarr/of_xyz_3x_downsample``, and the
 same transform resamples the round's fiducial and every readout bit imaged
 in it into ``registered_decon_data``. Round 0 is the reference and is copied
 unchanged.
 
-Global, per experiment: :func:`merfishflow.stitching.register_tiles` on the
+Global, per experiment: :func:`merfishflow.image.stitching.register_tiles` on the
 round-0 registered fiducials; every tile's placement goes to its own
 subgroup ``polyDT/<tile>/round0000.zarr/global_registration`` (docs/datastore.md).
 """
@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import datastore
-from ..correction import to_uint16
-from ..naming import round_name
-from ..paths import DECON_DATA, FLOW_FIELD, REGISTERED_DATA, ExperimentPaths
-from ..registration import register_round
-from ..stitching import MIN_PAIR_SCORE, register_tiles
+from ..io import datastore
+from ..image.correction import to_uint16
+from ..io.naming import round_name
+from ..io.paths import DECON_DATA, FLOW_FIELD, REGISTERED_DATA, ExperimentPaths
+from ..image.registration import register_round
+from ..image.stitching import MIN_PAIR_SCORE, register_tiles
 from .deconvolve import round_groups
 
 FLOW_DOWNSAMPLE = (1, 3, 3)
@@ -119,7 +119,7 @@ def register_experiment(experiment_dir, tiles, stage_positions_um, params=Regist
 
     Returns
     -------
-    merfishflow.stitching.GlobalRegistration
+    merfishflow.image.stitching.GlobalRegistration
     """
     paths = ExperimentPaths(experiment_dir)
     calibration = datastore.read_marker(paths.calibrations)

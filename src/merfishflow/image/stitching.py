@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 # Phase correlation peaks below this normalized height are noise.
 MIN_PAIR_SCORE = 0.05

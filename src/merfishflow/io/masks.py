@@ -41,14 +41,14 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from .errors import InputError
+from ..errors import InputError
 from .fileio import atomic
 
 __all__ = ["CellMask", "DOCTYPE", "FORMAT_VERSION", "MaskSet", "READERS", "SUFFIX", "read_masks",
            "write_masks"]
 
 MAGIC = b"\x89MFMASK\n"            # 8 bytes; the \x89 keeps text tools from taking it for text
-DOCTYPE = "merfishflow.masks"
+DOCTYPE = "merfishflow.io.masks"
 DOCTYPE_BYTES = 32                 # NUL-padded ASCII field of the preamble
 # <8s magic> <uint32 version> <32s doctype> <uint64 JSON header length>, little-endian
 PREAMBLE = struct.Struct("<8sI32sQ")
@@ -515,5 +515,5 @@ def _write_fixtures(folder):
     for version in (1, 2):
         out.append(_write_version(folder / f"fixture_v{version}{SUFFIX}", version, _fixture_labels(),
                                   FIXTURE_VOXEL_SIZE, FIXTURE_ORIGIN, tile="tile0003",
-                                  metadata={"written_by": "merfishflow.masks._write_fixtures"}))
+                                  metadata={"written_by": "merfishflow.io.masks._write_fixtures"}))
     return out

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
-from .masks import count_label_pairs
-from .stitching import overlap_slices, union_find
+from ..errors import InputError
+from ..io.masks import count_label_pairs
+from ..image.stitching import overlap_slices, union_find
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def merge_cells(mask_sets, load_labels, min_shared_fraction=0.5, progress=None) 
 
     Parameters
     ----------
-    mask_sets : list of merfishflow.masks.MaskSet
+    mask_sets : list of merfishflow.io.masks.MaskSet
         One per tile, in tile order (origin and voxel size inside).
     load_labels : callable(int) -> ndarray
         Label volume of tile t (e.g. ``mask_sets[t].to_labels``), loaded on

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import datastore
-from .fileio import canonical_json, write_text
-from .metadata import Experiment
-from .paths import DECON_DATA, FLOW_FIELD, REGISTERED_DATA, ExperimentPaths, marker
+from ..io import datastore
+from ..io.fileio import canonical_json, write_text
+from ..io.metadata import Experiment
+from ..io.paths import DECON_DATA, FLOW_FIELD, REGISTERED_DATA, ExperimentPaths, marker
 
 DATASTORE_VERSION = 1
 # Stages in pipeline order.

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .errors import IncompleteDataError, InputError
+from .. import __version__
+from ..errors import IncompleteDataError, InputError
 from .fileio import canonical_json, write_text
 
 ZARR_FORMAT = 2

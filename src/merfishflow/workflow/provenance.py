@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from .datastore import software_versions
-from .fileio import write_text
+from ..io.datastore import software_versions
+from ..io.fileio import write_text
 
 
 def git_commit(repository) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 # 1.4826 * MAD is the standard deviation of a normal distribution.
 MAD_TO_SD = 1.4826

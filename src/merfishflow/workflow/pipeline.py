@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .metadata import Experiment, load_experiment
-from .naming import tile_name
+from ..io.metadata import Experiment, load_experiment
+from ..io.naming import tile_name
 from .config import segmentation_options
-from .paths import DECON_DATA, REGISTERED_DATA, ExperimentPaths, marker
+from ..io.paths import DECON_DATA, REGISTERED_DATA, ExperimentPaths, marker
 from .status import stage_groups, target_file, tile_markers
 
 TILE_WILDCARD = "{tile}"
@@ -49,7 +49,7 @@ class Pipeline:
 
     @classmethod
     def from_config(cls, config: dict, *, check_files: bool = True) -> "Pipeline":
-        """Build from a config already validated by :func:`merfishflow.config.validate_config`.
+        """Build from a config already validated by :func:`merfishflow.workflow.config.validate_config`.
 
         ``check_files=False`` skips the existence check of every tile's TIFF:
         the Snakefile is parsed again inside every cluster job, where one job
@@ -59,8 +59,8 @@ class Pipeline:
         paths = ExperimentPaths(config["experiment_dir"])
         simulated = bool(config["simulation"]["enabled"])
         if simulated:
-            from .errors import InputError
-            from .simulation import SimulationParams, planned_experiment, simulation_target_problem
+            from ..errors import InputError
+            from ..simulation import SimulationParams, planned_experiment, simulation_target_problem
 
             params = SimulationParams.from_dict(config["simulation"]["params"])
             # Before any job: Snakemake itself deletes a rule's old outputs before rerunning it, so a
@@ -229,7 +229,7 @@ class Pipeline:
         settings = self.config["exports"]
         unknown = sorted(set(settings["tiles"]) - set(self.experiment.tiles))
         if unknown:
-            from .errors import InputError
+            from ..errors import InputError
 
             raise InputError(f"config: exports.tiles names {unknown}, which the experiment does not have "
                              f"(tiles: {self.experiment.tiles[0]}..{self.experiment.tiles[-1]})")
@@ -279,8 +279,8 @@ class Pipeline:
 
     def decon_mem_mb(self, attempt: int = 1) -> int:
         """One channel at a time: uint16 in and out, the float32 estimate, and the per-block FFT buffers."""
-        from .deconvolution import richardson_lucy_peak_bytes
-        from .psf import psf_shape_zyx
+        from ..image.deconvolution import richardson_lucy_peak_bytes
+        from ..image.psf import psf_shape_zyx
 
         longest = max(c.emission_um for c in self.experiment.channels)
         psf_shape = psf_shape_zyx(self.experiment.voxel_size_zyx_um, longest, self.experiment.numerical_aperture)
@@ -297,8 +297,8 @@ class Pipeline:
 
     def decode_mem_mb(self, attempt: int = 1) -> int:
         """The whole tile of every bit in float32 if it is decoded whole, else a slab (with its z halo) a few
-        times over plus the refinement crop (merfishflow.decoding, "Memory")."""
-        from .decoding import DecodingParams
+        times over plus the refinement crop (merfishflow.spots.decoding, "Memory")."""
+        from ..spots.decoding import DecodingParams
 
         params = DecodingParams(**self.config["decoding"])
         z, y, x = self.experiment.image_shape_zyx
@@ -318,7 +318,7 @@ class Pipeline:
         segmentation): measured 13 when the cells are split on f x f bins (full-resolution smoothing, foreground
         and labels, and the split's ~52 on 1/f^2 of the voxels), asked 16 + 56/f^2; measured 52 when they are
         split at full resolution, asked 56."""
-        from .segmentation import SegmentationParams
+        from ..cells.segmentation import SegmentationParams
 
         fields = segmentation_options(self.config["segmentation"])[0]
         z, y, x = self.experiment.image_shape_zyx

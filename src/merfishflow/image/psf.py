@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def psf_shape_zyx(voxel_size_zyx_um, emission_um, numerical_aperture, *, n_fwhm=4.0):

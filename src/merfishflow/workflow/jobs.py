@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import MerfishflowError
+from ..errors import MerfishflowError
 
 
 class JobLog:

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 from .naming import bit_name, codebook_bit_column, round_name, tile_name
 from .paths import ExperimentPaths, inside
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from ..errors import InputError
 
 POSITION_COLUMNS = ["z_px", "y_px", "x_px"]
 

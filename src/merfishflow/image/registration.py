@@ -46,7 +46,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .binning import binned_shape, block_mean, linear_weights
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = [
     "RoundRegistration",

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, datastore
-from .errors import InputError
+from .. import __version__
+from . import datastore
+from ..errors import InputError
 from .fileio import atomic, write_text
 from .naming import bit_name, index_of, round_name
 from .paths import REGISTERED_DATA, ExperimentPaths

@@ -2,7 +2,7 @@
 
 Pure functions in the style of scikit-image: arrays in, arrays out, no file
 I/O and nothing Snakemake-specific. The PSF is the one the simulator renders
-with and ``calibrations.zarr/psf_data`` stores (:func:`merfishflow.psf.widefield_psf`:
+with and ``calibrations.zarr/psf_data`` stores (:func:`merfishflow.image.psf.widefield_psf`:
 float32, odd support, unit sum); the caller checks that it was computed for the
 image's voxel size with :func:`check_psf_matches`.
 
@@ -55,7 +55,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft as sfft
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = [
     "RichardsonLucyInfo",
@@ -133,7 +133,7 @@ def check_psf_matches(psf_voxel_size_zyx_um, image_voxel_size_zyx_um, *, rtol=1e
     if not np.allclose(psf_v, img_v, rtol=rtol, atol=0):
         raise InputError(
             f"PSF voxel size {list(psf_v)} µm does not match the image voxel size {list(img_v)} µm (z, y, x); "
-            "recompute the PSF (merfishflow.psf.widefield_psf) for the image's voxel size"
+            "recompute the PSF (merfishflow.image.psf.widefield_psf) for the image's voxel size"
         )
 
 
@@ -519,7 +519,7 @@ def richardson_lucy(image, psf, n_iter=50, *, stop_tolerance=None, tile_yx=None,
 
     Examples
     --------
-    >>> from merfishflow.psf import widefield_psf
+    >>> from merfishflow.image.psf import widefield_psf
     >>> psf = widefield_psf((0.31, 0.108, 0.108), 0.59, 1.3, 1.4)
     >>> out = richardson_lucy(image, psf, 50, tile_yx=512)            # doctest: +SKIP
     """

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 from .naming import round_name
 
 # Arrays and subgroups inside a tile's round or bit group (DESIGN.md §2).

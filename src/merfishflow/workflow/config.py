@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 
@@ -78,14 +78,14 @@ def segmentation_options(section: dict):
     Returns
     -------
     fields : dict
-        The :class:`~merfishflow.segmentation.SegmentationParams` fields given.
+        The :class:`~merfishflow.cells.segmentation.SegmentationParams` fields given.
     context_um : float
         ``context_um``, the neighbours' band (default ``stitching.DEFAULT_CONTEXT_UM``).
     image : str
         ``image``, which round-0 fiducial is segmented (default the first of ``paths.SEGMENTATION_IMAGES``).
     """
-    from .paths import SEGMENTATION_IMAGES
-    from .stitching import DEFAULT_CONTEXT_UM
+    from ..io.paths import SEGMENTATION_IMAGES
+    from ..image.stitching import DEFAULT_CONTEXT_UM
 
     fields = dict(section)
     context_um = fields.pop("context_um", DEFAULT_CONTEXT_UM)

@@ -26,13 +26,13 @@ Algorithm
    is smooth, so it is computed on ``background_downsample`` x
    ``background_downsample`` (4 x 4) block means and interpolated back
    linearly, with the Gaussian's sigma reduced so that the chain has the
-   requested variance (:func:`merfishflow.kernels.block_sigma`; within
+   requested variance (:func:`merfishflow.image.kernels.block_sigma`; within
    5 % of the exact Gaussian's spread inside the tile, 25 % at its border): a
    sixteenth of the work of the 2 x 35-tap exact filter. The z Gaussian is a
    product with a banded matrix (BLAS sgemm, :func:`_apply_axis0`) over the
    slab's planes; the y and x Gaussians, the block means, the background's
    interpolation back to the pixels and the subtraction run plane by plane
-   in one compiled kernel (numba, :class:`merfishflow.kernels.PlaneDoG`)
+   in one compiled kernel (numba, :class:`merfishflow.image.kernels.PlaneDoG`)
    that works row by row while the rows are in the CPU cache, 2.5x faster
    than the same steps as numpy/BLAS passes. Both equal scipy.ndimage's
    filters up to float32 rounding (tested). The bits are filtered in
@@ -143,8 +143,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from .errors import InputError
-from .kernels import PlaneDoG, block_sigma, gaussian_weights, trace_magnitudes
+from ..errors import InputError
+from ..image.kernels import PlaneDoG, block_sigma, gaussian_weights, trace_magnitudes
 
 __all__ = ["DecodeResult", "DecodingParams", "array_reader", "decode_tile", "enhance_bits", "spot_columns"]
 
@@ -411,7 +411,7 @@ def _enhance_one(vol, z_core, sigmas, truncate, buffers, ops):
 
     The z pass (sgemm with the banded operator ``ops["z"]``, :func:`_apply_axis0`) computes the core planes
     into a per-worker buffer; the per-plane passes (y, x, background, subtraction) then run plane by plane
-    in one compiled kernel (:class:`merfishflow.kernels.PlaneDoG`) from that buffer into ``vol``.
+    in one compiled kernel (:class:`merfishflow.image.kernels.PlaneDoG`) from that buffer into ``vol``.
     ``buffers`` (a list, filled on first use) is reused from bit to bit: fresh large arrays cost page faults.
     """
     a, b = z_core

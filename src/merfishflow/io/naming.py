@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InputError
+from ..errors import InputError
 
 TILE_PATTERN = r"tile\d{4}"
 ROUND_PATTERN = r"round\d{4}"

@@ -38,7 +38,7 @@ The default method (``"watershed"``) needs no GPU and no model download:
    because blur leaves the half-maximum mask about a voxel too large.
    **Steps 4 to 10 run on bins**: the image binned in y and x to about
    ``working_voxel_yx_um`` (3 x 3 pixels at 0.108 µm;
-   :func:`merfishflow.binning.block_mean`), with steps 1 to 3 repeated on
+   :func:`merfishflow.image.binning.block_mean`), with steps 1 to 3 repeated on
    it without the erosion to bound the watershed. The labels are then
    repeated back to full resolution, cut to the full-resolution mask of
    step 3, and steps 9 and 10 run once more there for the pieces this
@@ -112,10 +112,10 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from scipy import ndimage as ndi
 
-from .binning import block_mean
-from .errors import InputError
-from .masks import count_label_pairs
-from .registration import as_volume
+from ..image.binning import block_mean
+from ..errors import InputError
+from ..io.masks import count_label_pairs
+from ..image.registration import as_volume
 
 __all__ = ["METHODS", "SegmentationParams", "assignment_accuracy", "mean_iou", "merge_small_regions",
            "mosaic_mean_iou", "mosaic_overlaps", "segment_cells"]
@@ -358,7 +358,7 @@ def _local_threshold(smoothed, mask, voxel, params, dim_level, global_level, flo
     only the cell's side counts. Where ``G(mask)`` is below
     ``_EDGE_LEVEL_MIN_WEIGHT`` it is ``global_level``. The level is smooth, so
     it is computed on y/x bins of about a third of the sigma
-    (:func:`merfishflow.binning.block_mean`) and repeated back: a Gaussian of
+    (:func:`merfishflow.image.binning.block_mean`) and repeated back: a Gaussian of
     ~9 pixels at full resolution would cost more than the rest of the
     foreground step.
     """

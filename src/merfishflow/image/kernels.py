@@ -1,7 +1,7 @@
 """Compiled (numba) kernels of pixel decoding: the spot enhancement's per-plane filters and the pixel
 traces' magnitudes.
 
-The difference of Gaussians of :func:`merfishflow.decoding.enhance_bits` is,
+The difference of Gaussians of :func:`merfishflow.spots.decoding.enhance_bits` is,
 per z plane, ``max(0, L - B)`` with ``L`` the plane low-passed in y and x
 and ``B`` a wide Gaussian of ``L`` (the local background). Done with numpy
 and BLAS, that is five or six passes over a 16 MB plane (y, x, the block
