@@ -23,7 +23,7 @@ from .camera import Camera
 from .codebook import codeword_names, make_codebook
 from .params import SimulationParams
 from .render import FrameRenderer, PolyDTTexture, TileScene, tile_patch
-from .scene import SECTION_MARGIN_UM, make_cells, make_spots, place_molecules
+from .scene import SECTION_MARGIN_UM, make_cells, make_spots, place_beads, place_molecules
 from .tiles import make_tile_layout, nominal_grid
 from .transforms import CONVENTION, make_round_transforms
 
@@ -31,6 +31,7 @@ DARK_FRAME_FILE = "camera_dark_frame.tif"
 # Lattice-noise stream ids (independent fields of one seed).
 _STREAM_CELL_SHAPE = 1
 _STREAM_TEXTURE = 10
+_STREAM_BEADS = 11
 # Minimum distance between molecules, in voxels (z, y, x): keeps spots separable.
 _EXCLUSION_PX = (2.0, 2.0, 2.0)
 # spots.parquet also lists, with in_stack = False, the molecules this close (µm, per axis) outside a
@@ -130,6 +131,17 @@ def _prepare_folders(root, params, overwrite):
     return paths.raw, paths.ground_truth
 
 
+def _bead_scene(beads, origin_um, voxel, shape, margin, bead_photons):
+    """TileScene bead fields of one tile (none for a polyDT fiducial)."""
+    if beads is None:
+        return {}
+    bead_um, displacement = beads
+    b0 = (bead_um - origin_um) / voxel
+    near = np.flatnonzero(np.all((b0 >= -margin) & (b0 <= shape - 1 + margin), axis=1))
+    return {"bead_px": b0[near], "bead_displacement_px": displacement[:, near],
+            "bead_photons": np.full(len(near), float(bead_photons))}
+
+
 def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite=False):
     """Simulate a MERFISH experiment and write its raw data and ground truth.
 
@@ -212,6 +224,13 @@ def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite
     frame_streams = ss_noise.spawn(n_tiles * n_rounds)
     # Where every molecule goes in every round, relative to its round-0 position.
     displacement = np.stack([t.displacement(spots.world_um) for t in transforms])  # (rounds, n, 3)
+    beads = None
+    if p.fiducial_kind == "beads":
+        # A stream of its own: the polyDT default draws exactly the numbers it always did.
+        rng_beads = np.random.default_rng([p.seed, _STREAM_BEADS])
+        bead_um = place_beads(world_lo, world_hi, (0.0, (shape[0] - 1) * voxel[0]), p.bead_spacing_px * voxel[1],
+                              rng_beads)
+        beads = (bead_um, np.stack([t.displacement(bead_um) for t in transforms]))
 
     out = {"experiment_dir": root, "raw_data": raw, "ground_truth": gt}
     out.update(_write_static_raw(raw, p, codebook, names, layout, camera, channels))
@@ -262,6 +281,7 @@ def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite
                 spot_px=p0[near],
                 spot_bit_photons=spots.bit_photons[near],
                 spot_displacement_px=displacement[:, near],
+                **_bead_scene(beads, origin, voxel, shape, margin, p.bead_photons),
             )
             for written in pool.map(lambda r, scene=scene, t=t: render_frame(scene, t, r), range(n_rounds)):
                 raw_tiffs.append(written[0])
