@@ -13,7 +13,6 @@ from conftest import TINY_SIMULATION
 from merfishflow.errors import InputError
 from merfishflow.io import datastore
 from merfishflow.io.metadata import load_experiment
-from merfishflow.io.paths import ExperimentPaths
 from merfishflow.simulation import simulate_experiment
 from merfishflow.stages.init import run_init
 from merfishflow.workflow.config import validate_config
@@ -111,3 +110,17 @@ def test_unreadable_psf_names_the_file(experiment):
     name_psf(experiment, None)
     with pytest.raises(InputError, match=r"psf\.tif: cannot be read as a TIFF .*channels\[1\]\.psf names it"):
         load_experiment(experiment)
+
+
+def test_simulator_writes_its_gaussian_psf_as_the_measured_psf(tmp_path):
+    from merfishflow.image.psf import gaussian_psf
+
+    params = dict(TINY_SIMULATION, n_tiles_yx=[1, 1], psf_kind="gaussian")
+    simulate_experiment(tmp_path, params)
+    experiment = load_experiment(tmp_path)
+    expected = gaussian_psf(experiment.voxel_size_zyx_um, (0.25, 0.09, 0.09))
+    for channel in experiment.channels:
+        assert channel.psf == f"psf_{channel.name}.tif"
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "raw_data" / channel.psf), expected)
+    psf_data = datastore.read_array(run_init(tmp_path, progress=lambda s: None), "psf_data")
+    np.testing.assert_allclose(psf_data, np.stack([expected] * len(experiment.channels)), rtol=1e-6)

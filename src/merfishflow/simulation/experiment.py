@@ -15,7 +15,7 @@ from scipy import ndimage as ndi
 from ..errors import InputError
 from ..io.metadata import Channel, Experiment
 from ..io.naming import codebook_bit_column, round_name, tile_name
-from ..image.psf import widefield_psf
+from ..image.psf import gaussian_psf, widefield_psf
 from ..io import fileio as files
 from ..io.fileio import canonical_json
 from ..io.paths import ExperimentPaths
@@ -185,8 +185,11 @@ def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite
     codebook = make_codebook(p.n_bits, p.n_genes + p.n_blanks, p.codeword_weight, p.min_hamming_distance, p.seed)
     names = codeword_names(p.n_genes, p.n_blanks)
     channels = p.channels
-    psfs = [widefield_psf(p.voxel_size_zyx_um, em, p.numerical_aperture, p.immersion_refractive_index,
-                          p.sample_refractive_index) for _, _, _, em in channels]
+    if p.psf_kind == "gaussian":
+        psfs = [gaussian_psf(p.voxel_size_zyx_um, p.gaussian_psf_sigma_zyx_um) for _ in channels]
+    else:
+        psfs = [widefield_psf(p.voxel_size_zyx_um, em, p.numerical_aperture, p.immersion_refractive_index,
+                              p.sample_refractive_index) for _, _, _, em in channels]
     raw, gt = _prepare_folders(root, p, overwrite)
 
     seq = np.random.SeedSequence(p.seed)
@@ -234,6 +237,9 @@ def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite
 
     out = {"experiment_dir": root, "raw_data": raw, "ground_truth": gt}
     out.update(_write_static_raw(raw, p, codebook, names, layout, camera, channels))
+    if p.psf_kind == "gaussian":
+        # The rendering PSF, as a microscope's measured bead PSF would be supplied (docs/raw_data.md).
+        out["psfs"] = [files.write_tiff(raw / _psf_file(name), psf) for (name, _, _, _), psf in zip(channels, psfs)]
 
     renderer = FrameRenderer(psfs, p.image_shape_zyx, voxel, pad, margin, p.background_photons)
     patch_shape = tuple(int(n) for n in shape + 2 * margin)
@@ -362,6 +368,10 @@ def _write_static_raw(raw, p, codebook, names, layout, camera, channels):
     }
 
 
+def _psf_file(channel_name):
+    return f"psf_{channel_name}.tif"
+
+
 def _experiment_yaml(p, channels):
     return {
         "format_version": 1,
@@ -380,7 +390,8 @@ def _experiment_yaml(p, channels):
             "hot_pixel_map": None,
         },
         "channels": [
-            {"name": name, "role": role, "excitation_um": ex, "emission_um": em}
+            {"name": name, "role": role, "excitation_um": ex, "emission_um": em,
+             **({"psf": _psf_file(name)} if p.psf_kind == "gaussian" else {})}
             for name, role, ex, em in channels
         ],
     }

@@ -15,6 +15,9 @@ from ..errors import InputError
 FIDUCIAL_CHANNEL = ("polyDT", 0.488, 0.520)
 # What the fiducial channel shows: a polyDT stain of the cells, or sparse beads.
 FIDUCIAL_KINDS = ("polydt", "beads")
+# How the images are blurred: the widefield model the pipeline also uses, or a
+# tighter Gaussian written to raw_data as the experiment's measured PSF.
+PSF_KINDS = ("widefield", "gaussian")
 READOUT_CHANNELS = (
     ("readout_561", 0.561, 0.590),
     ("readout_647", 0.647, 0.680),
@@ -68,6 +71,8 @@ class SimulationParams:
     fiducial_kind: str = "polydt"
     bead_spacing_px: float = 40.0
     bead_photons: float = 20000.0
+    psf_kind: str = "widefield"
+    gaussian_psf_sigma_zyx_um: tuple[float, float, float] = (0.25, 0.09, 0.09)
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -176,13 +181,15 @@ class SimulationParams:
         need(0 <= self.bit_dropout_rate < 1, "bit_dropout_rate", "a float in [0, 1)")
         need(all(v >= 0 for v in self.max_shift_zyx_px), "max_shift_zyx_px", "three floats >= 0")
         need(self.bead_spacing_px >= 4, "bead_spacing_px", "a float >= 4 (pixels between neighbouring beads)")
+        need(all(v > 0 for v in self.gaussian_psf_sigma_zyx_um), "gaussian_psf_sigma_zyx_um", "three floats > 0")
         need(self.deformation_scale_um > 0, "deformation_scale_um", "a float > 0")
         need(self.e_per_adu > 0, "e_per_adu", "a float > 0")
         need(0 <= self.n_hot_pixels <= y * x, "n_hot_pixels", f"an integer in 0..{y * x} (pixels per frame)")
 
 
-# Parameters added after the first release (the bead fiducial).
-_LATER_FIELDS = frozenset({"fiducial_kind", "bead_spacing_px", "bead_photons"})
+# Parameters added after the first release (bead fiducial, measured PSF).
+_LATER_FIELDS = frozenset({"fiducial_kind", "bead_spacing_px", "bead_photons", "psf_kind",
+                           "gaussian_psf_sigma_zyx_um"})
 
 # Field kinds: "int", "float", ("int", n) / ("float", n) for fixed-length tuples.
 _KINDS = {
@@ -223,6 +230,8 @@ _KINDS = {
     "fiducial_kind": ("choice", FIDUCIAL_KINDS),
     "bead_spacing_px": "float",
     "bead_photons": "float",
+    "psf_kind": ("choice", PSF_KINDS),
+    "gaussian_psf_sigma_zyx_um": ("float", 3),
 }
 
 
