@@ -271,6 +271,12 @@ class Datastore:
         """A tile's uint32 label volume in its registered voxel grid (local labels, 0 = background)."""
         return self.masks(tile).to_labels()
 
+    def cell_labels(self, tile: str) -> np.ndarray:
+        """A tile's label volume in global ``cell_id`` s (0 = background), through the mapping that
+        ``cells.parquet`` persists (``instance_tile``, ``instance_label``)."""
+        labels = self.labels(tile)
+        return global_label_lut(self.cells(), index_of(tile, "tile"), int(labels.max(initial=0)))[labels]
+
     # helpers -------------------------------------------------------------------------------------
     def _tile(self, tile: str) -> str:
         index_of(tile, "tile")
@@ -283,3 +289,16 @@ class Datastore:
         if not path.exists():
             raise InputError(f"{path}: not written yet; run the workflow up to the stage that writes the {what}")
         return path
+
+
+def global_label_lut(cells, tile_index: int, max_label: int) -> np.ndarray:
+    """``lut[local label] = cell_id`` for one tile, from the cell table's persisted instance mapping."""
+    if "instance_tile" not in cells:
+        raise InputError("cells.parquet has no instance_tile/instance_label columns (written by an older "
+                         "merfishflow); rerun the assign stage")
+    lut = np.zeros(max_label + 1, np.uint32)
+    for cell_id, tiles, labels in zip(cells["cell_id"], cells["instance_tile"], cells["instance_label"]):
+        for t, label in zip(tiles, labels):
+            if t == tile_index and label <= max_label:
+                lut[label] = cell_id
+    return lut
