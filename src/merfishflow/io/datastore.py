@@ -210,10 +210,13 @@ def write_marked_array(path, data, attrs: dict, *, threads=1, dims=ZYX) -> Path:
     return write_marker(path, body)
 
 
-def write_array(path, data, dims) -> None:
-    """Write a whole in-memory array (small arrays: calibrations) and its axis names."""
+def write_array(path, data, dims=None) -> None:
+    """Write a whole in-memory array (small arrays: calibrations) and its axis names (default: the last
+    three are z, y, x; leading ones ``dim_0``, ...)."""
     handle = create_array(path, data.shape, data.dtype)
     handle.write(np.ascontiguousarray(data)).result()
+    if dims is None:
+        dims = [f"dim_{k}" for k in range(max(0, data.ndim - 3))] + list(ZYX[max(0, 3 - data.ndim):])
     write_dimension_names(path, dims)
 
 
