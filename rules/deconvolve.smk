@@ -15,6 +15,8 @@ for round_ in PIPELINE.experiment.rounds:
             deconvolution=config["deconvolution"],
         log:
             PIPELINE.log("deconvolve", "{tile}_" + round_),
+        benchmark:
+            PIPELINE.benchmark("deconvolve", "{tile}_" + round_),
         threads: 2
         group:
             "tile"

@@ -18,6 +18,8 @@ for round_ in PIPELINE.experiment.rounds:
             slab_planes=config["ingest"]["slab_planes"],
         log:
             PIPELINE.log("ingest", "{tile}_" + round_),
+        benchmark:
+            PIPELINE.benchmark("ingest", "{tile}_" + round_),
         threads: 2
         group:
             "tile"

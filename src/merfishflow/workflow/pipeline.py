@@ -259,7 +259,11 @@ class Pipeline:
         return out
 
     def log(self, stage: str, name: str) -> str:
-        return str(self.paths.root / "logs" / stage / f"{name}.log")
+        return str(self.paths.job_log(stage, name))
+
+    def benchmark(self, stage: str, name: str) -> str:
+        """The job's Snakemake benchmark file (same stage and name as its log)."""
+        return str(self.paths.job_benchmark(stage, name))
 
     # per-job parameters and resources ----------------------------------------------------------
     def stage_position(self, tile: str) -> list[float]:
