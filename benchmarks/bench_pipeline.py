@@ -300,8 +300,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="the small case (9 x 256^2)")
     parser.add_argument("--iterations", type=int, help="deconvolution.iterations (default: the config default)")
     parser.add_argument("--decon", default="{}", help="more deconvolution config keys as JSON")
-    parser.add_argument("--simulation", default="{}", help="more simulation parameters as JSON (e.g. another PSF: "
-                        '{"numerical_aperture": 1.0}')")
+    parser.add_argument("--simulation", default="{}", help='more simulation parameters as JSON (another PSF: {"numerical_aperture": 1.0})')
     parser.add_argument("--no-starfish", action="store_true")
     parser.add_argument("--keep", type=Path, help="folder to keep (and reuse) the simulated experiment in")
     parser.add_argument("--json", type=Path, help="write every number here")

@@ -289,8 +289,9 @@ class Pipeline:
         longest = max(c.emission_um for c in self.experiment.channels)
         psf_shape = psf_shape_zyx(self.experiment.voxel_size_zyx_um, longest, self.experiment.numerical_aperture)
         settings = self.config["deconvolution"]
+        acceleration = None if settings.get("acceleration", "none") == "none" else settings["acceleration"]
         blocks = richardson_lucy_peak_bytes(self.experiment.image_shape_zyx, psf_shape, settings["tile_yx"],
-                                            settings["overlap_yx"])
+                                            settings["overlap_yx"], acceleration=acceleration)
         return int(math.ceil(600 + 1.2 * (blocks + 2 * self._voxels) / 2**20)) * attempt
 
     def decon_runtime_min(self, attempt: int = 1) -> int:
