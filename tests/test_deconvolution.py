@@ -167,7 +167,7 @@ def test_accelerated_stops_and_is_deterministic(psf, crowded):
     assert out.tobytes() == again.tobytes()
 
 
-def test_accelerated_peak_memory_counts_three_more_blocks():
+def test_accelerated_peak_memory_counts_two_more_blocks():
     plain = richardson_lucy_peak_bytes((20, 512, 512), (11, 21, 21), tile_yx=256)
     fast = richardson_lucy_peak_bytes((20, 512, 512), (11, 21, 21), tile_yx=256, acceleration="biggs_andrews")
     assert fast > plain

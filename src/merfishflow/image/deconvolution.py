@@ -279,7 +279,7 @@ def _plan(image_shape, psf_shape, tile_yx, overlap_yx):
 # (complex64); plus the staging copy of the block's input.
 _REAL_BUFFERS = 3
 _COMPLEX_BUFFERS = 4
-_ACCELERATION_BUFFERS = 3
+_ACCELERATION_BUFFERS = 2
 
 
 def richardson_lucy_peak_bytes(image_shape_zyx, psf_shape_zyx, tile_yx=None, overlap_yx=None, *,
@@ -296,8 +296,8 @@ def richardson_lucy_peak_bytes(image_shape_zyx, psf_shape_zyx, tile_yx=None, ove
     include_input : bool
         Count the input array itself (it is the caller's, but it is resident).
     acceleration : {None, "biggs_andrews"}
-        As for :func:`richardson_lucy`: the extrapolation holds three more
-        float32 block buffers (previous estimate, step, previous step).
+        As for :func:`richardson_lucy`: the extrapolation holds two more
+        float32 block buffers (the previous estimate and the previous step).
 
     Returns
     -------
@@ -477,31 +477,29 @@ def _rl_block_accelerated(data, otfs, init, eps, n_iter, tol, backend):
     """
     xp = backend.xp
     est = xp.full(data.shape, init, dtype=xp.float32)
-    prev = step_prev = None
-    alpha, change, k = 0.0, float("nan"), 0
+    prev = step_prev = None                                   # x_{k-1}, g_{k-1}
+    alpha, step_prev_norm, change, k = 0.0, 0.0, float("nan"), 0
     while k < n_iter:
         k += 1
-        if alpha > 0:
-            point = est - prev                                # x_k - x_{k-1}
+        if prev is None:
+            point = est.copy()
+        else:                                                 # y_k, in the buffer of x_{k-1}
+            point = xp.subtract(est, prev, out=prev)
             point *= np.float32(alpha)
             point += est
             xp.maximum(point, 0, out=point)
-        else:
-            point = est.copy()
         new = _rl_factor(point, data, otfs, eps, backend)
         new *= point                                          # x_{k+1} = y_k * factor(y_k)
-        xp.subtract(new, point, out=point)                    # g_k = x_{k+1} - y_k
-        step = point
-        if step_prev is not None:
-            norm = backend.dot(step_prev, step_prev)
-            alpha = min(max(backend.dot(step, step_prev) / norm, 0.0), ALPHA_MAX) if norm > 0 else 0.0
+        step = xp.subtract(new, point, out=point)             # g_k = x_{k+1} - y_k
+        step_norm = backend.sumsq(step)
+        if step_prev is not None and step_prev_norm > 0:
+            alpha = min(max(backend.dot(step, step_prev) / step_prev_norm, 0.0), ALPHA_MAX)
         if tol is not None:
             norm_prev = backend.sumsq(est)
-            diff = new - est
+            diff = xp.subtract(new, est, out=step_prev) if step_prev is not None else new - est
             change = math.sqrt(backend.sumsq(diff) / norm_prev) if norm_prev > 0 else 0.0
             del diff
-        prev = est
-        est, step_prev = new, step
+        prev, est, step_prev, step_prev_norm = est, new, step, step_norm
         del new, step, point
         if tol is not None and change < tol:
             break
@@ -536,7 +534,7 @@ def richardson_lucy(image, psf, n_iter=50, *, stop_tolerance=None, acceleration=
         None: plain Richardson–Lucy. ``"biggs_andrews"``: each update is
         applied at a point extrapolated along the previous step (Biggs &
         Andrews 1997), which reaches a given sharpness in fewer iterations
-        (benchmarks/RESULTS.md) at the cost of three more float32 block
+        (benchmarks/RESULTS.md) at the cost of two more float32 block
         buffers.
     tile_yx : int or (int, int), optional
         Process y/x blocks whose cores are at most this large (the whole z
