@@ -23,9 +23,9 @@ from ..io.paths import DECON_DATA, ExperimentPaths
 class DeconvolutionParams:
     """Config key ``deconvolution`` (config/README.md)."""
 
-    iterations: int = 40
+    iterations: int = 20
     stop_tolerance: float | None = None
-    acceleration: str = "none"
+    acceleration: str = "biggs_andrews"
     tile_yx: int = 512
     overlap_yx: int | None = None
     device: str = "cpu"
