@@ -17,7 +17,7 @@ for round_ in PIPELINE.experiment.rounds:
             PIPELINE.log("deconvolve", "{tile}_" + round_),
         benchmark:
             PIPELINE.benchmark("deconvolve", "{tile}_" + round_),
-        threads: 2
+        threads: 1
         group:
             "tile"
         resources:

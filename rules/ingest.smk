@@ -20,7 +20,7 @@ for round_ in PIPELINE.experiment.rounds:
             PIPELINE.log("ingest", "{tile}_" + round_),
         benchmark:
             PIPELINE.benchmark("ingest", "{tile}_" + round_),
-        threads: 2
+        threads: 1
         group:
             "tile"
         resources:
