@@ -22,6 +22,16 @@ fast FFT length; the PSF's transfer function (OTF) and its complex conjugate
 costs exactly two forward and two inverse real FFTs plus five element-wise
 passes. Everything is float32 / complex64.
 
+Acceleration
+------------
+With ``acceleration="biggs_andrews"`` each update is applied at a point
+extrapolated along the previous step (Biggs & Andrews 1997):
+``y_k = max(x_k + a_k (x_k - x_{k-1}), 0)``, ``x_{k+1} = y_k * correlate(d /
+convolve(y_k, h), h)``, with ``a_k`` the clipped correlation of the last two
+steps. The FFTs per iteration are the same; about six element-wise passes and
+two dot products are added, and two more block buffers are held. It reaches
+the sharpness of plain iterations in about half as many.
+
 Boundaries and tiling
 ---------------------
 Each block is padded per side by the PSF half-size in z and twice the PSF
