@@ -48,7 +48,7 @@ __all__ = ["CellMask", "DOCTYPE", "FORMAT_VERSION", "MaskSet", "READERS", "SUFFI
            "write_masks"]
 
 MAGIC = b"\x89MFMASK\n"            # 8 bytes; the \x89 keeps text tools from taking it for text
-DOCTYPE = "merfishflow.io.masks"
+DOCTYPE = "merfishflow.masks"
 DOCTYPE_BYTES = 32                 # NUL-padded ASCII field of the preamble
 # <8s magic> <uint32 version> <32s doctype> <uint64 JSON header length>, little-endian
 PREAMBLE = struct.Struct("<8sI32sQ")

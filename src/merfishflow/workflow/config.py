@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import InputError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parents[3] / "config" / "schema.yaml"
 
 
 def _schema(schema_path=None) -> dict:
