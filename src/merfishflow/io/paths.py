@@ -196,6 +196,19 @@ class ExperimentPaths:
     def provenance(self) -> Path:
         return self.datastore / "provenance"
 
+    # logs (outside the datastore) ---------------------------------------------
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def job_log(self, stage: str, name: str) -> Path:
+        """A job's progress log."""
+        return self.logs / stage / f"{name}.log"
+
+    def job_benchmark(self, stage: str, name: str) -> Path:
+        """A job's Snakemake benchmark TSV (wall seconds, peak RSS, CPU time; ``benchmark:`` of every rule)."""
+        return self.logs / "benchmarks" / stage / f"{name}.tsv"
+
 
 def experiment_of(path) -> Path:
     """The experiment folder of any path under its ``raw_data/`` or ``qi2labdatastore/``.

@@ -287,7 +287,11 @@ class Pipeline:
         return out
 
     def log(self, stage: str, name: str) -> str:
-        return str(self.paths.root / "logs" / stage / f"{name}.log")
+        return str(self.paths.job_log(stage, name))
+
+    def benchmark(self, stage: str, name: str) -> str:
+        """The job's Snakemake benchmark file (same stage and name as its log)."""
+        return str(self.paths.job_benchmark(stage, name))
 
     # per-job parameters and resources ----------------------------------------------------------
     def stage_position(self, tile: str) -> list[float]:
@@ -313,8 +317,9 @@ class Pipeline:
         longest = max(c.emission_um for c in self.experiment.channels)
         psf_shape = psf_shape_zyx(self.experiment.voxel_size_zyx_um, longest, self.experiment.numerical_aperture)
         settings = self.config["deconvolution"]
+        acceleration = None if settings.get("acceleration", "none") == "none" else settings["acceleration"]
         blocks = richardson_lucy_peak_bytes(self.experiment.image_shape_zyx, psf_shape, settings["tile_yx"],
-                                            settings["overlap_yx"])
+                                            settings["overlap_yx"], acceleration=acceleration)
         return int(math.ceil(600 + 1.2 * (blocks + 2 * self._voxels) / 2**20)) * attempt
 
     def decon_runtime_min(self, attempt: int = 1) -> int:
