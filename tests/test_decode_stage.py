@@ -16,7 +16,8 @@ from merfishflow.errors import InputError
 from merfishflow.spots.evaluation import match_spots
 from merfishflow.io.metadata import load_experiment
 from merfishflow.io.paths import ExperimentPaths
-from merfishflow.stages.decode import decode_tile_stage, filter_experiment, read_metadata, spot_schema
+from merfishflow.io.tables import read_metadata, spot_schema
+from merfishflow.stages.decode import decode_tile_stage, filter_experiment
 
 pytestmark = pytest.mark.workflow
 

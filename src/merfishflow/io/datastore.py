@@ -38,6 +38,18 @@ def software_versions() -> dict:
     return versions
 
 
+def stage_record(stage: str, parameters: dict, inputs_sha256, **fields) -> dict:
+    """The provenance every stage writes with its output: ``{stage, software, parameters, inputs_sha256}``
+    plus the stage's own ``fields`` (docs/architecture.md, "The marker contract")."""
+    return {"stage": stage, "software": software_versions(), "parameters": parameters,
+            "inputs_sha256": inputs_sha256, **fields}
+
+
+def combined_digest(digests) -> str:
+    """One SHA-256 over several inputs' digests, in the order given."""
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
 # groups and markers ----------------------------------------------------------------------------
 def create_group(path) -> Path:
     """Make ``path`` a zarr v2 group (``.zgroup``) without touching its marker."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 from scipy import ndimage as ndi
 
+from ..cpus import available_cpus
 from ..errors import InputError
 from ..io.metadata import Channel, Experiment
 from ..io.naming import codebook_bit_column, round_name, tile_name
@@ -46,11 +46,7 @@ PHASE_CORRELATION_NOTE = (
 
 
 def _n_threads():
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores))
+    return max(1, min(4, available_cpus()))
 
 
 def _as_params(params):
@@ -176,6 +172,7 @@ def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite
     psfs = [widefield_psf(p.voxel_size_zyx_um, em, p.numerical_aperture, p.immersion_refractive_index,
                           p.sample_refractive_index) for _, _, _, em in channels]
     raw, gt = _prepare_folders(root, p, overwrite)
+    paths = ExperimentPaths(root)
 
     seq = np.random.SeedSequence(p.seed)
     (ss_layout, ss_rounds, ss_cells, ss_spots, ss_camera, ss_noise) = seq.spawn(6)
@@ -214,7 +211,7 @@ def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite
     displacement = np.stack([t.displacement(spots.world_um) for t in transforms])  # (rounds, n, 3)
 
     out = {"experiment_dir": root, "raw_data": raw, "ground_truth": gt}
-    out.update(_write_static_raw(raw, p, codebook, names, layout, camera, channels))
+    out.update(_write_static_raw(paths, p, codebook, names, camera, channels))
 
     renderer = FrameRenderer(psfs, p.image_shape_zyx, voxel, pad, margin, p.background_photons)
     patch_shape = tuple(int(n) for n in shape + 2 * margin)
@@ -228,12 +225,12 @@ def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite
         # Each frame has its own noise stream, so the bytes do not depend on
         # which thread renders which frame.
         counts = camera.expose(electrons, np.random.default_rng(frame_streams[t * n_rounds + r]))
-        written = [files.write_tiff(raw / tile_name(t) / f"{round_name(r)}.tif", counts)]
+        written = [files.write_tiff(paths.raw_tiff(tile_name(t), round_name(r)), counts)]
         if write_deformation and r > 0:
             deformation = transforms[r].deformation
             field = (deformation.on_grid(scene.origin_um, voxel, p.image_shape_zyx) if deformation is not None
                      else np.zeros((3,) + p.image_shape_zyx, np.float32))
-            written.append(files.write_tiff(gt / f"deformation_{tile_name(t)}_{round_name(r)}.tif", field))
+            written.append(files.write_tiff(paths.ground_truth_deformation(tile_name(t), round_name(r)), field))
         return written
 
     raw_tiffs, label_files, deformation_files, spot_rows = [], [], [], []
@@ -244,7 +241,7 @@ def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite
             origin = layout.true_um[t]
             labels, fiducial, cell_mask = tile_patch(cells, texture, origin, voxel, -margin, patch_shape,
                                                      p.fiducial_photons)
-            label_files.append(files.write_tiff(gt / f"cells_{tile_name(t)}.tif",
+            label_files.append(files.write_tiff(paths.ground_truth_cells(tile_name(t)),
                                                 labels[tile_crop].astype(np.uint32)))
             p0 = (spots.world_um - origin) / voxel
             in_frame = np.all((p0 >= -0.5) & (p0 < shape - 0.5), axis=1)
@@ -272,19 +269,20 @@ def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite
     out["raw_tiffs"] = raw_tiffs
     out["cell_labels"] = label_files
     out["deformation_fields"] = deformation_files
-    out["spots"] = files.write_parquet(gt / "spots.parquet", _spots_table(spots, names, layout, voxel, spot_rows))
-    out["cells"] = files.write_parquet(gt / "cells.parquet", _cells_table(cells, spots))
-    out["transforms"] = files.write_json(gt / "transforms.json",
+    truth = paths.ground_truth_file
+    out["spots"] = files.write_parquet(truth("spots"), _spots_table(spots, names, layout, voxel, spot_rows))
+    out["cells"] = files.write_parquet(truth("cells"), _cells_table(cells, spots))
+    out["transforms"] = files.write_json(truth("transforms"),
                                          _transforms_json(p, layout, transforms, voxel, write_deformation))
     out["bits"] = files.write_csv(
-        gt / "bits.csv", ["bit", "round", "channel", "brightness_factor"],
+        truth("bits"), ["bit", "round", "channel", "brightness_factor"],
         [(b + 1, b // n_ro, channels[1 + b % n_ro][0], repr(float(bit_factor[b]))) for b in range(p.n_bits)])
     out["hot_pixels"] = files.write_csv(
-        gt / "hot_pixels.csv", ["y", "x", "dark_adu"],
+        truth("hot_pixels"), ["y", "x", "dark_adu"],
         [(int(y), int(x), repr(float(a))) for (y, x), a in zip(camera.hot_yx, camera.hot_dark_adu)])
-    out["simulation"] = files.write_json(gt / "simulation.json", p.to_dict())
+    out["simulation"] = files.write_json(truth("simulation"), p.to_dict())
     # Last: its presence tells the pipeline that raw_data is complete.
-    out["experiment_yaml"] = files.write_yaml(raw / "experiment.yaml", _experiment_yaml(p, channels))
+    out["experiment_yaml"] = files.write_yaml(paths.experiment_yaml, _experiment_yaml(p, channels))
     return out
 
 
@@ -326,7 +324,7 @@ def planned_experiment(params) -> Experiment:
     )
 
 
-def _write_static_raw(raw, p, codebook, names, layout, camera, channels):
+def _write_static_raw(paths, p, codebook, names, camera, channels):
     plan = planned_experiment(p)
     header = ["gene_id"] + [codebook_bit_column(b + 1) for b in range(p.n_bits)]
     codebook_rows = [[name] + [int(v) for v in row] for name, row in zip(names, codebook)]
@@ -334,11 +332,11 @@ def _write_static_raw(raw, p, codebook, names, layout, camera, channels):
     order_rows = [[k] + list(bits) for k, bits in enumerate(plan.exp_order)]
     stage_rows = [[t] + [f"{v:.6f}" for v in pos] for t, pos in enumerate(plan.stage_positions_um)]
     return {
-        "codebook": files.write_csv(raw / "codebook.csv", header, codebook_rows),
-        "exp_order": files.write_csv(raw / "exp_order.csv", ["round"] + readouts, order_rows),
-        "stage_positions": files.write_csv(raw / "stage_positions.csv",
+        "codebook": files.write_csv(paths.codebook_csv, header, codebook_rows),
+        "exp_order": files.write_csv(paths.exp_order_csv, ["round"] + readouts, order_rows),
+        "stage_positions": files.write_csv(paths.stage_positions_csv,
                                            ["tile", "stage_z_um", "stage_y_um", "stage_x_um"], stage_rows),
-        "dark_frame": files.write_tiff(raw / DARK_FRAME_FILE, camera.dark_frame),
+        "dark_frame": files.write_tiff(paths.raw_file(DARK_FRAME_FILE, "simulator"), camera.dark_frame),
     }
 
 

@@ -135,7 +135,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -143,6 +142,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from ..cpus import available_cpus
 from ..errors import InputError
 from ..image.kernels import PlaneDoG, block_sigma, gaussian_weights, trace_magnitudes
 
@@ -343,11 +343,7 @@ def _sigmas_px(params: DecodingParams, voxel_size_zyx_um):
 def _n_threads(params: DecodingParams, n_bits: int) -> int:
     if params.n_threads > 0:
         return min(params.n_threads, n_bits)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, n_bits))
+    return max(1, min(available_cpus(), n_bits))
 
 
 def _blas_threads(n_threads: int):

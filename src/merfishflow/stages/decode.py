@@ -17,54 +17,21 @@ evaluate (simulated experiments): the filtered spots against
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..io import datastore
 from ..spots.decoding import DecodingParams, decode_tile
 from ..errors import InputError
 from ..spots.evaluation import score_spots
-from ..io.fileio import atomic, canonical_json, write_text
+from ..io.fileio import canonical_json, write_text
 from ..spots.filtering import FilterParams, fdr_filter, remove_overlap_duplicates, starfish_table
-from ..io.naming import bit_name
+from ..io.naming import index_of
 from ..io.paths import REGISTERED_DATA, ExperimentPaths
-
-METADATA_KEY = b"merfishflow"
-BLANK_PREFIX = "Blank-"
-
-
-def spot_schema(n_bits: int) -> pa.Schema:
-    """Column types of the per-tile and all-tile spot tables (docs/outputs.md)."""
-    fields = [
-        ("tile", pa.int32()), ("gene_id", pa.string()), ("barcode_id", pa.int32()),
-        ("z_px", pa.float64()), ("y_px", pa.float64()), ("x_px", pa.float64()),
-        ("global_z_um", pa.float64()), ("global_y_um", pa.float64()), ("global_x_um", pa.float64()),
-        ("distance", pa.float32()), ("magnitude", pa.float32()), ("area", pa.int32()),
-        ("is_blank", pa.bool_()),
-    ]
-    fields += [(f"intensity_{bit_name(b)}", pa.float32()) for b in range(1, n_bits + 1)]
-    return pa.schema(fields)
-
-
-def write_spot_table(path: Path, frame: pd.DataFrame, schema: pa.Schema, metadata: dict) -> Path:
-    table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
-    table = table.replace_schema_metadata({METADATA_KEY: canonical_json(metadata).encode()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic(path, lambda p: pq.write_table(table, p, compression="zstd"))
-
-
-def read_metadata(path) -> dict:
-    """What a stage recorded in a spot table's Parquet metadata."""
-    meta = pq.read_schema(path).metadata or {}
-    if METADATA_KEY not in meta:
-        raise InputError(f"{path}: not a merfishflow spot table (no {METADATA_KEY.decode()!r} metadata)")
-    return json.loads(meta[METADATA_KEY])
+from ..io.tables import BLANK_PREFIX, read_metadata, spot_schema, write_spot_table, write_table_csv
 
 
 def decode_tile_stage(experiment_dir, tile, params=DecodingParams(), progress=print) -> Path:
@@ -103,22 +70,21 @@ def decode_tile_stage(experiment_dir, tile, params=DecodingParams(), progress=pr
     result = decode_tile(read_bits, shape, codewords, voxel, params, progress=progress)
     spots = result.spots.copy()
     origin = np.asarray(placement["origin_zyx_um"], dtype=np.float64)
-    spots.insert(0, "tile", np.int32(int(tile[len("tile"):])))
+    spots.insert(0, "tile", np.int32(index_of(tile, "tile")))
     genes = [gene_ids[b] for b in spots["barcode_id"].to_numpy()]
     spots["gene_id"] = pd.Series(genes, index=spots.index, dtype=object)
     for axis, name in enumerate(("z", "y", "x")):
         spots[f"global_{name}_um"] = origin[axis] + spots[f"{name}_px"].to_numpy(np.float64) * voxel[axis]
     spots["is_blank"] = np.array([g.startswith(BLANK_PREFIX) for g in genes], dtype=bool)
     digests = [datastore.marker_digest(a) for a in arrays] + [datastore.marker_digest(placement_group)]
-    metadata = {
-        "stage": "decode", "tile": tile, "software": datastore.software_versions(), "parameters": params.to_dict(),
-        "normalization": {"bits": bits, "scale": [float(v) for v in result.scale],
-                          "background": [float(v) for v in result.background]},
-        "thresholds": {"distance": float(result.distance_threshold), "magnitude": float(result.magnitude_threshold)},
-        "refinement": {"history": result.history, "converged": bool(result.converged)},
-        "inputs_sha256": hashlib.sha256("".join(digests).encode()).hexdigest(),
-        "n_spots": int(len(spots)), "n_blank": int(spots["is_blank"].sum()),
-    }
+    metadata = datastore.stage_record(
+        "decode", params.to_dict(), datastore.combined_digest(digests), tile=tile,
+        normalization={"bits": bits, "scale": [float(v) for v in result.scale],
+                       "background": [float(v) for v in result.background]},
+        thresholds={"distance": float(result.distance_threshold), "magnitude": float(result.magnitude_threshold)},
+        refinement={"history": result.history, "converged": bool(result.converged)},
+        n_spots=int(len(spots)), n_blank=int(spots["is_blank"].sum()),
+    )
     out = paths.decoded_tile(tile)
     write_spot_table(out, spots, spot_schema(len(bits)), metadata)
     progress(f"{tile}: {len(spots)} spots ({int(spots['is_blank'].sum())} blank) -> {out.name}")
@@ -149,12 +115,10 @@ def filter_experiment(experiment_dir, tiles, params=FilterParams(), progress=pri
     progress(f"{report['n_input']} spots, {report['n_kept']} pass the FDR filter (estimated FDR "
              f"{fdr}, target {params.target_fdr}), {report['n_overlap_duplicates']} overlap "
              f"duplicates removed, {len(final)} spots kept ({int(final['is_blank'].sum())} blank)")
-    metadata = {"stage": "filter", "software": datastore.software_versions(), "parameters": params.to_dict(),
-                "report": report, "tiles": list(tiles),
-                "inputs_sha256": hashlib.sha256("".join(digests).encode()).hexdigest()}
+    metadata = datastore.stage_record("filter", params.to_dict(), datastore.combined_digest(digests), report=report,
+                                      tiles=list(tiles))
     write_spot_table(paths.filtered_spots, final, spot_schema(n_bits), metadata)
-    csv = starfish_table(final, calibration["voxel_size_zyx_um"])
-    atomic(paths.filtered_spots_csv, lambda p: csv.to_csv(p, index=False, float_format="%.6g", lineterminator="\n"))
+    write_table_csv(paths.filtered_spots_csv, starfish_table(final, calibration["voxel_size_zyx_um"]))
     return final, report
 
 
@@ -163,7 +127,7 @@ def evaluate_experiment(experiment_dir, radius_um=0.5, progress=print) -> dict:
     paths = ExperimentPaths(experiment_dir)
     calibration = datastore.read_marker(paths.calibrations)
     spots = pq.read_table(paths.filtered_spots).to_pandas()
-    truth_path = paths.ground_truth / "spots.parquet"
+    truth_path = paths.ground_truth_file("spots")
     if not truth_path.is_file():
         raise InputError(f"{truth_path}: not found; evaluation needs a simulated experiment's ground truth")
     truth = pq.read_table(truth_path).to_pandas()

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..io.metadata import Experiment, load_experiment
-from ..io.naming import tile_name
+from ..io.metadata import Experiment, load_experiment, round_targets
+from ..io.naming import index_of, tile_name
 from .config import segmentation_options
 from ..io.paths import DECON_DATA, REGISTERED_DATA, ExperimentPaths, marker
 from .status import stage_groups, target_file, tile_markers
@@ -109,15 +109,14 @@ class Pipeline:
 
     def ingest_markers(self, round_: str, tile: str = TILE_WILDCARD) -> list[str]:
         """Markers one ingest job writes: the round's fiducial group, then its readout bits."""
-        groups = [self.paths.fiducial_group(tile, round_)]
-        groups += [self.paths.readout_group(tile, bit) for bit, _ in self.experiment.bits_of_round(round_)]
-        return [str(marker(g)) for g in groups]
+        return [str(marker(g)) for g in self._round_groups(tile, round_)]
+
+    def _round_groups(self, tile: str, round_: str):
+        return [group for group, _, _ in round_targets(self.paths, self.experiment, tile, round_)]
 
     def decon_markers(self, round_: str, tile: str = TILE_WILDCARD) -> list[str]:
         """Markers one deconvolution job writes: the round's fiducial, then its readout bits."""
-        arrays = [self.paths.fiducial_array(tile, round_, DECON_DATA)]
-        arrays += [self.paths.readout_array(tile, bit, DECON_DATA) for bit, _ in self.experiment.bits_of_round(round_)]
-        return [str(marker(a)) for a in arrays]
+        return [str(marker(g / DECON_DATA)) for g in self._round_groups(tile, round_)]
 
     def all_decon_markers(self, tile: str = TILE_WILDCARD) -> list[str]:
         return [m for r in self.experiment.rounds for m in self.decon_markers(r, tile)]
@@ -193,7 +192,7 @@ class Pipeline:
         positions = np.asarray(self.experiment.stage_positions_um, dtype=np.float64)[:, 1:]
         size = np.asarray(self.experiment.image_shape_zyx[1:]) * np.asarray(self.experiment.voxel_size_zyx_um[1:])
         reach = context_um + STAGE_SLACK_UM
-        own = positions[int(tile[len("tile"):])]
+        own = positions[index_of(tile, "tile")]
         near = np.all((positions < own + size + reach) & (positions + size > own - reach), axis=1)
         return [tile_name(int(i)) for i in np.flatnonzero(near)]
 
@@ -203,7 +202,7 @@ class Pipeline:
     def assign_outputs(self) -> dict:
         files = {"spots": self.paths.assigned_spots, "csv": self.paths.assigned_spots_csv,
                  "cells": self.paths.cells_table}
-        files.update({name.split(".")[0]: path for name, path in self.paths.counts_files().items()})
+        files.update(self.paths.counts_files())
         return {k: str(v) for k, v in files.items()}
 
     # exports --------------------------------------------------------------------------------------
@@ -214,15 +213,14 @@ class Pipeline:
         return [str(marker(a)) for a in arrays] + [self.global_registration_marker(tile)]
 
     def export_tiff_pattern(self, kind: str) -> str:
-        suffix = ".ome.tif" if kind == "ome" else ".tif"
-        return str(self.paths.exports / f"{{tile}}_{{what}}{suffix}")
+        return str(self.paths.export_tiff(TILE_WILDCARD, "{what}", kind))
 
     def export_spacetx_pattern(self) -> str:
-        return str(self.paths.exports / "spacetx_{tile}" / "experiment.json")
+        return str(self.paths.export_spacetx(TILE_WILDCARD))
 
     @property
     def export_codebook_path(self) -> str:
-        return str(self.paths.exports / "starfish_codebook.json")
+        return str(self.paths.export_codebook)
 
     def export_targets(self) -> list[str]:
         """What config ``exports`` asks for."""
@@ -259,7 +257,7 @@ class Pipeline:
         return out
 
     def log(self, stage: str, name: str) -> str:
-        return str(self.paths.root / "logs" / stage / f"{name}.log")
+        return str(self.paths.log(stage, name))
 
     # per-job parameters and resources ----------------------------------------------------------
     def stage_position(self, tile: str) -> list[float]:
