@@ -16,7 +16,8 @@ import tifffile
 
 from merfishflow.cells.assignment import merge_cells
 from merfishflow.io.masks import read_masks, write_masks
-from merfishflow.cells.segmentation import SegmentationParams, mosaic_mean_iou, segment_cells
+from merfishflow.cells.segmentation import SegmentationParams, segment_cells
+from merfishflow.evaluation.cells import mosaic_mean_iou
 from merfishflow.cells.canvas import assemble_canvas
 from merfishflow.image.stitching import DEFAULT_CONTEXT_UM
 

@@ -1,4 +1,4 @@
-"""The on-disk datastore (DESIGN.md §2-3): zarr v2 arrays through tensorstore, JSON markers.
+"""The on-disk datastore (docs/architecture.md: the layout and the marker contract): zarr v2 arrays through tensorstore, JSON markers.
 
 Every ``*.zarr`` folder is a zarr v2 group (``.zgroup``). Its ``.zattrs`` is
 the completion marker of the job that owns the group: written last and

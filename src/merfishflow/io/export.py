@@ -1,4 +1,4 @@
-"""Exports of registered tiles: multi-page TIFF (ImageJ / OME) and SpaceTx (starfish) (DESIGN.md §5).
+"""Exports of registered tiles: multi-page TIFF (ImageJ / OME) and SpaceTx (starfish) (docs/exports.md).
 
 Functions here read the datastore (checked complete) and write finished files
 atomically (temporary file, then ``os.replace``). Nothing written carries a
@@ -30,7 +30,7 @@ from . import datastore
 from ..errors import InputError
 from .metadata import Experiment
 from .fileio import atomic, write_text
-from .naming import bit_name, index_of, round_name
+from .naming import bit_name, index_of
 from .paths import REGISTERED_DATA, ExperimentPaths
 
 TIFF_KINDS = ("imagej", "ome")

@@ -76,8 +76,8 @@ def context_canvas(paths, tile, tiles, margin_um, image=SEGMENTATION_IMAGES[0]):
     return canvas, margin_px, {tiles[i]: datastore.marker_digest(source[tiles[i]][1]) for i in used}, placement
 
 
-def segment_tile_stage(experiment_dir, tile, params=SegmentationParams(), tiles=None,
-                       context_um=DEFAULT_CONTEXT_UM, image=SEGMENTATION_IMAGES[0], progress=print) -> Path:
+def run_segment(experiment_dir, tile, params=SegmentationParams(), tiles=None,
+                context_um=DEFAULT_CONTEXT_UM, image=SEGMENTATION_IMAGES[0], progress=print) -> Path:
     """Segment one tile's round-0 fiducial into ``segmentation/<tile>_cells.mfmask``.
 
     ``image`` is ``"corrected"`` (camera-corrected, the default) or
@@ -113,7 +113,7 @@ def segment_tile_stage(experiment_dir, tile, params=SegmentationParams(), tiles=
     return out
 
 
-def assign_experiment(experiment_dir, tiles, min_shared_fraction=0.5, expand_um=0.3, progress=print) -> dict:
+def run_assign(experiment_dir, tiles, min_shared_fraction=0.5, expand_um=0.3, progress=print) -> dict:
     """Merge cells across tiles, give every filtered spot its cell (or the nearest within ``expand_um``), count."""
     paths = ExperimentPaths(experiment_dir)
     calibration = datastore.read_marker(paths.calibrations)

@@ -12,7 +12,7 @@ duplicates removed (:mod:`merfishflow.spots.filtering`) into
 ``decoded/all_tiles_filtered.parquet`` and starfish's DecodedSpots CSV.
 
 evaluate (simulated experiments): the filtered spots against
-``ground_truth/spots.parquet`` (:mod:`merfishflow.spots.evaluation`).
+``ground_truth/spots.parquet`` (:mod:`merfishflow.evaluation.spots`).
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ import pyarrow.parquet as pq
 from ..io import datastore
 from ..spots.decoding import DecodingParams, decode_tile
 from ..errors import InputError
-from ..spots.evaluation import score_spots
+from ..evaluation.spots import score_spots
 from ..io.fileio import canonical_json, write_text
 from ..spots.filtering import FilterParams, fdr_filter, remove_overlap_duplicates, starfish_table
 from ..io.naming import index_of
 from ..io.paths import REGISTERED_DATA, ExperimentPaths
-from ..io.tables import BLANK_PREFIX, read_metadata, spot_schema, write_spot_table, write_table_csv
+from ..io.tables import BLANK_PREFIX, spot_schema, write_spot_table, write_table_csv
 
 
-def decode_tile_stage(experiment_dir, tile, params=DecodingParams(), progress=print) -> Path:
+def run_decode(experiment_dir, tile, params=DecodingParams(), progress=print) -> Path:
     """Decode one tile into ``decoded/<tile>_decoded_features.parquet``."""
     paths = ExperimentPaths(experiment_dir)
     calibration = datastore.read_marker(paths.calibrations)
@@ -91,7 +91,7 @@ def decode_tile_stage(experiment_dir, tile, params=DecodingParams(), progress=pr
     return out
 
 
-def filter_experiment(experiment_dir, tiles, params=FilterParams(), progress=print):
+def run_filter(experiment_dir, tiles, params=FilterParams(), progress=print):
     """All tiles' spots, FDR-filtered and without overlap duplicates, to Parquet and starfish CSV."""
     paths = ExperimentPaths(experiment_dir)
     calibration = datastore.read_marker(paths.calibrations)
@@ -122,7 +122,7 @@ def filter_experiment(experiment_dir, tiles, params=FilterParams(), progress=pri
     return final, report
 
 
-def evaluate_experiment(experiment_dir, radius_um=0.5, progress=print) -> dict:
+def run_evaluate(experiment_dir, radius_um=0.5, progress=print) -> dict:
     """Score the filtered spots against the simulator's truth; writes ``decoded/evaluation.json``."""
     paths = ExperimentPaths(experiment_dir)
     calibration = datastore.read_marker(paths.calibrations)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 
 from ..io import datastore
 from ..image.correction import to_uint16
@@ -35,7 +34,7 @@ class DeconvolutionParams:
                 "overlap_yx": self.overlap_yx, "device": self.device}
 
 
-def deconvolve_tile_round(experiment_dir, tile, round_, params=DeconvolutionParams(), progress=print, threads=1):
+def run_deconvolve(experiment_dir, tile, round_, params=DeconvolutionParams(), progress=print, threads=1):
     """Deconvolve one tile and round; each ``decon_data`` marker is written after its data.
 
     Returns

@@ -76,8 +76,8 @@ def _open_tiff(path: Path, n_channels: int, shape_zyx):
     return tif
 
 
-def ingest_tile_round(experiment_dir, tile, round_, stage_zyx_um, params=CorrectionParams(), progress=print,
-                      slab_planes=8, threads=1):
+def run_ingest(experiment_dir, tile, round_, stage_zyx_um, params=CorrectionParams(), progress=print,
+               slab_planes=8, threads=1):
     """Ingest and correct one tile and round; markers are written last.
 
     Parameters

@@ -57,7 +57,7 @@ def _registered(image):
     return data
 
 
-def register_tile(experiment_dir, tile, params=RegistrationParams(), progress=print, threads=1):
+def run_register_local(experiment_dir, tile, params=RegistrationParams(), progress=print, threads=1):
     """Register every round of one tile onto its round 0 and resample the readouts with their round.
 
     Returns
@@ -113,7 +113,7 @@ def register_tile(experiment_dir, tile, params=RegistrationParams(), progress=pr
     return shifts
 
 
-def register_experiment(experiment_dir, tiles, stage_positions_um, params=RegistrationParams(), progress=print):
+def run_register_global(experiment_dir, tiles, stage_positions_um, params=RegistrationParams(), progress=print):
     """Refine every tile's position from its overlaps and write each tile's ``global_registration``.
 
     Returns
