@@ -28,9 +28,8 @@ import numpy as np
 from .. import __version__
 from . import datastore
 from ..errors import InputError
-from .metadata import Experiment
 from .fileio import atomic, write_text
-from .naming import bit_name, index_of
+from .naming import bit_name, index_of, round_name
 from .paths import REGISTERED_DATA, ExperimentPaths
 
 TIFF_KINDS = ("imagej", "ome")
@@ -81,7 +80,8 @@ def tile_channels(experiment_dir, tile, what="readouts") -> list[ExportChannel]:
     calibration = _calibration(paths)
     channels = []
     if what in ("fiducials", "all"):
-        for round_ in Experiment.from_calibration(calibration).rounds:
+        for r in range(len(calibration["exp_order"]["rounds"])):
+            round_ = round_name(r)
             channels.append(ExportChannel(f"{FIDUCIAL_PREFIX}_{round_}",
                                           paths.fiducial_array(tile, round_, REGISTERED_DATA)))
     if what in ("readouts", "all"):
