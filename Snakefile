@@ -1,4 +1,4 @@
-# merfishflow: 3D MERFISH from raw tiles to a corrected datastore (DESIGN.md).
+# merfishflow: 3D MERFISH from raw tiles to a corrected datastore (docs/architecture.md).
 # Run: snakemake --cores 2            (the demo in config/config.yaml)
 from pathlib import Path
 

@@ -1,7 +1,7 @@
 """Benchmark of the assign stage (``merfishflow.cells.assignment``): seconds and peak memory per step.
 
 Issue 5: "Seconds and peak memory of ... assignment, for the demo and for one
-100 x 2048^2 tile". The assign stage (``stages/cells.py::assign_experiment``)
+100 x 2048^2 tile". The assign stage (``stages/cells.py::run_assign``)
 reads every tile's mask file, renders label volumes (two tiles at a time),
 merges the cell instances of each overlapping tile pair
 (:func:`~merfishflow.cells.assignment.merge_cells`), looks every spot up in its

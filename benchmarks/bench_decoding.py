@@ -75,7 +75,7 @@ class SyntheticTile:
         self.seed = seed
 
     def truth(self):
-        """The molecules as the ground truth table :func:`merfishflow.spots.evaluation.score_spots` takes (pixels)."""
+        """The molecules as the ground truth table :func:`merfishflow.evaluation.spots.score_spots` takes (pixels)."""
         import pandas as pd
 
         return pd.DataFrame({"spot_id": np.arange(len(self.codes)), "tile": 0, "gene_id": self.codes,
@@ -206,7 +206,7 @@ def throughput(shape, repeats):
     d, d1, f, r = med(t_decode), med(t_decode1), med(t_filter), med(t_read)
     g, ga, g1 = med(sgemm), med(sgemm_argmax), med(sgemm1)
     passes = 1 + crop_share
-    from merfishflow.spots.evaluation import score_spots
+    from merfishflow.evaluation.spots import score_spots
 
     spots = result.spots.rename(columns={"barcode_id": "gene_id"}).assign(tile=0)
     accuracy = score_spots(spots, reader.truth(), VOXEL)["overall"]

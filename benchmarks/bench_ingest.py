@@ -3,7 +3,7 @@
 Measures, in one run on one synthetic experiment (``docs/raw_data.md``
 layout, Poisson camera counts, 0.1 % hot pixels in the dark frame):
 
-1. **Throughput** of ``ingest_tile_round`` (``merfishflow.stages.ingest``,
+1. **Throughput** of ``run_ingest`` (``merfishflow.stages.ingest``,
    formerly ``merfishflow.ingest``) in MB/s of
    raw TIFF bytes (1 MB = 10**6 B), against the *baseline*: writing the same
    uint16 arrays (``camera_data`` and ``corrected_data`` of every channel,
@@ -71,7 +71,7 @@ def make_experiment(root: Path, shape_zyx, seed: int) -> int:
 
 def run_ingest(root: Path, slab_planes: int):
     stage = _common.stage_module("ingest")
-    return stage.ingest_tile_round(root, TILE, ROUND, [0.0, 0.0, 0.0], stage.CorrectionParams(), progress=lambda msg: None,
+    return stage.run_ingest(root, TILE, ROUND, [0.0, 0.0, 0.0], stage.CorrectionParams(), progress=lambda msg: None,
                              slab_planes=slab_planes)
 
 
@@ -289,7 +289,7 @@ def report(r: dict, args) -> str:
         "",
         "| measurement | seconds (each repeat) | MB/s of raw data (median) |",
         "|---|---|---|",
-        f"| ingest + correct (`ingest_tile_round`) | {', '.join(f'{s:.2f}' for s in t['ingest_s'])} | "
+        f"| ingest + correct (`run_ingest`) | {', '.join(f'{s:.2f}' for s in t['ingest_s'])} | "
         f"{t['ingest_mb_s']:.1f} |",
         f"| baseline: tensorstore-only write of the same arrays | {', '.join(f'{s:.2f}' for s in t['baseline_s'])} | "
         f"{t['baseline_mb_s']:.1f} |",

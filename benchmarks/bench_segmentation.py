@@ -17,12 +17,12 @@ Usage
     python benchmarks/bench_segmentation.py --accuracy experiments/demo   # scores of a finished simulated run
 
 ``--accuracy EXPERIMENT`` (no timing) scores a simulated experiment the
-pipeline has run to the end: :func:`merfishflow.cells.segmentation.mean_iou` of each
+pipeline has run to the end: :func:`merfishflow.evaluation.cells.mean_iou` of each
 tile's masks against ``ground_truth/cells_<tile>.tif``,
-:func:`~merfishflow.cells.segmentation.mosaic_mean_iou` of the cells merged across
+:func:`~merfishflow.evaluation.cells.mosaic_mean_iou` of the cells merged across
 tiles (each cell judged once; also without the true cells of which less
 than 5 µm³ is visible, as a secondary number), and
-:func:`~merfishflow.cells.segmentation.assignment_accuracy` of the true-positive
+:func:`~merfishflow.evaluation.cells.assignment_accuracy` of the true-positive
 spots of ``decoded/all_tiles_filtered_cells.parquet``.
 """
 
@@ -86,10 +86,10 @@ def accuracy(experiment_dir):
     import tifffile
 
     from merfishflow.cells.assignment import merge_cells
-    from merfishflow.spots.evaluation import match_spots
+    from merfishflow.evaluation.spots import match_spots
     from merfishflow.io.masks import read_masks
     from merfishflow.io.paths import ExperimentPaths
-    from merfishflow.cells.segmentation import assignment_accuracy, mean_iou, mosaic_overlaps, mosaic_mean_iou
+    from merfishflow.evaluation.cells import assignment_accuracy, mean_iou, mosaic_overlaps, mosaic_mean_iou
 
     experiment_dir = Path(experiment_dir)
     paths = ExperimentPaths(experiment_dir)

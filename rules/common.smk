@@ -11,6 +11,8 @@ config = validate_config(config, source="config", schema_path=Path(workflow.base
 PIPELINE = Pipeline.from_config(config, check_files=workflow.is_main_process)
 # Every marker and product of every stage (~80 000 paths for 1000 tiles).
 ALL_STAGE_MARKERS = PIPELINE.all_stage_markers()
+# Memory and runtime models of the jobs (merfishflow.workflow.resources).
+RESOURCES = PIPELINE.resources
 # datastore.json, when onstart withdrew it (Snakefile).
 WITHDRAWN_SUMMARY = []
 
@@ -26,11 +28,11 @@ wildcard_constraints:
 
 
 def ingest_mem_mb(wildcards, attempt):
-    return PIPELINE.ingest_mem_mb(attempt)
+    return RESOURCES.ingest_mem_mb(attempt)
 
 
 def ingest_runtime(wildcards, attempt):
-    return PIPELINE.ingest_runtime_min(attempt)
+    return RESOURCES.ingest_runtime_min(attempt)
 
 
 def stage_position(wildcards):
@@ -38,28 +40,28 @@ def stage_position(wildcards):
 
 
 def decon_mem_mb(wildcards, attempt):
-    return PIPELINE.decon_mem_mb(attempt)
+    return RESOURCES.decon_mem_mb(attempt)
 
 
 def decon_runtime(wildcards, attempt):
-    return PIPELINE.decon_runtime_min(attempt)
+    return RESOURCES.decon_runtime_min(attempt)
 
 
 def register_mem_mb(wildcards, attempt):
-    return PIPELINE.register_mem_mb(attempt)
+    return RESOURCES.register_mem_mb(attempt)
 
 
 def register_runtime(wildcards, attempt):
-    return PIPELINE.register_runtime_min(attempt)
+    return RESOURCES.register_runtime_min(attempt)
 
 
 def decode_mem_mb(wildcards, attempt):
-    return PIPELINE.decode_mem_mb(attempt)
+    return RESOURCES.decode_mem_mb(attempt)
 
 
 def decode_runtime(wildcards, attempt):
-    return PIPELINE.decode_runtime_min(attempt)
+    return RESOURCES.decode_runtime_min(attempt)
 
 
 def segment_mem_mb(wildcards, attempt):
-    return PIPELINE.segment_mem_mb(attempt)
+    return RESOURCES.segment_mem_mb(attempt)

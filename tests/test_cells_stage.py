@@ -76,7 +76,7 @@ def test_masks_are_placed_and_round_trip(demo_run):
 def test_segment_reads_the_fiducial_that_segmentation_image_names(demo_copy):
     """The default segments the corrected round-0 fiducial and records that (and which data it read);
     ``image: deconvolved`` reads the registered, deconvolved one instead; anything else is a clear error."""
-    from merfishflow.stages.cells import fiducial_source, segment_tile_stage
+    from merfishflow.stages.cells import fiducial_source, run_segment
 
     _, _, experiment_dir = demo_copy
     paths = ExperimentPaths(experiment_dir)
@@ -86,7 +86,7 @@ def test_segment_reads_the_fiducial_that_segmentation_image_names(demo_copy):
     corrected_digest = datastore.marker_digest(paths.fiducial_group(tiles[0], "round0000"))
     assert default.metadata["inputs_sha256"]["fiducials"][tiles[0]] == corrected_digest
 
-    out = segment_tile_stage(experiment_dir, tiles[0], tiles=tiles, image="deconvolved", progress=lambda m: None)
+    out = run_segment(experiment_dir, tiles[0], tiles=tiles, image="deconvolved", progress=lambda m: None)
     deconvolved = read_masks(out)
     registered = paths.fiducial_array(tiles[0], "round0000", REGISTERED_DATA)
     assert deconvolved.metadata["inputs_sha256"]["fiducials"][tiles[0]] == datastore.marker_digest(registered)

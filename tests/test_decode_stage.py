@@ -13,10 +13,11 @@ import pytest
 from merfishflow.io import datastore
 from merfishflow.spots.decoding import DecodingParams
 from merfishflow.errors import InputError
-from merfishflow.spots.evaluation import match_spots
+from merfishflow.evaluation.spots import match_spots
 from merfishflow.io.metadata import load_experiment
 from merfishflow.io.paths import ExperimentPaths
-from merfishflow.stages.decode import decode_tile_stage, filter_experiment, read_metadata, spot_schema
+from merfishflow.io.tables import read_metadata, spot_schema
+from merfishflow.stages.decode import run_decode, run_filter
 
 pytestmark = pytest.mark.workflow
 
@@ -97,7 +98,7 @@ def test_codebook_bits_must_match_the_registered_readouts(demo_copy):
     attrs["exp_codebook"]["codewords"] = [w + [0] for w in attrs["exp_codebook"]["codewords"]]
     datastore.write_marker(paths.calibrations, attrs)
     with pytest.raises(InputError, match="codebook has 9 bits but 8 bits are imaged"):
-        decode_tile_stage(experiment_dir, "tile0000", progress=lambda m: None)
+        run_decode(experiment_dir, "tile0000", progress=lambda m: None)
 
 
 def test_a_tile_without_spots_gives_valid_empty_outputs(demo_copy):
@@ -109,10 +110,10 @@ def test_a_tile_without_spots_gives_valid_empty_outputs(demo_copy):
         attrs = datastore.read_marker(array)
         data = np.zeros(attrs["shape"], np.uint16)
         datastore.write_marked_array(array, data, {k: v for k, v in attrs.items() if k not in ("shape", "dtype")})
-    out = decode_tile_stage(experiment_dir, "tile0001", progress=lambda m: None)
+    out = run_decode(experiment_dir, "tile0001", progress=lambda m: None)
     table = pq.read_table(out)
     assert table.num_rows == 0 and table.schema.remove_metadata().equals(spot_schema(experiment.n_bits))
-    final, report = filter_experiment(experiment_dir, experiment.tiles, progress=lambda m: None)
+    final, report = run_filter(experiment_dir, experiment.tiles, progress=lambda m: None)
     assert set(final["tile"]) <= {0} and report["n_input"] > 0
 
 
@@ -126,7 +127,7 @@ def test_only_blanks_gives_valid_empty_outputs(demo_copy):
         frame = table.to_pandas()
         frame["is_blank"] = True
         pq.write_table(pa.Table.from_pandas(frame, schema=table.schema, preserve_index=False), path)
-    final, report = filter_experiment(experiment_dir, experiment.tiles, progress=lambda m: None)
+    final, report = run_filter(experiment_dir, experiment.tiles, progress=lambda m: None)
     assert len(final) == 0 and report["n_kept"] == 0
     assert pq.read_table(paths.filtered_spots).num_rows == 0
     assert list(pd.read_csv(paths.filtered_spots_csv).columns) == STARFISH_COLUMNS
@@ -138,6 +139,6 @@ def test_a_codebook_without_blanks_keeps_every_spot_and_says_why(demo_copy, monk
     experiment = load_experiment(experiment_dir)
     monkeypatch.setattr("merfishflow.stages.decode.BLANK_PREFIX", "no-gene-has-this-prefix")
     lines = []
-    final, report = filter_experiment(experiment_dir, experiment.tiles, progress=lines.append)
+    final, report = run_filter(experiment_dir, experiment.tiles, progress=lines.append)
     assert report["estimated_fdr"] is None and report["n_kept"] == report["n_input"]
     assert any("n/a: no blank codewords" in line for line in lines)

@@ -10,20 +10,20 @@ from scipy.stats import spearmanr
 from merfishflow.io import datastore
 from merfishflow.spots.decoding import DecodingParams, array_reader, decode_tile, spot_columns
 from merfishflow.errors import InputError
-from merfishflow.spots.evaluation import score_spots
+from merfishflow.evaluation.spots import score_spots
 from merfishflow.io.metadata import load_experiment
 from merfishflow.io.paths import REGISTERED_DATA, ExperimentPaths
 from merfishflow.simulation import simulate_experiment
-from merfishflow.stages.deconvolve import deconvolve_tile_round
-from merfishflow.stages.ingest import ingest_tile_round
+from merfishflow.stages.deconvolve import run_deconvolve
+from merfishflow.stages.ingest import run_ingest
 from merfishflow.stages.init import run_init
-from merfishflow.stages.register import register_tile
+from merfishflow.stages.register import run_register_local
 
 # Default physics (voxel 0.31 x 0.108 x 0.108 um, NA 1.3, 4000 photons, shifts and deformation on);
 # one tile to save time.
 SIMULATION = {"seed": 1, "n_tiles_yx": [1, 1]}
 # Measured with the defaults on this tile (99 molecules in the stack): F1 0.979 (P 1.000, R 0.960) with molecules
-# just outside the stack as "don't care" (merfishflow.spots.evaluation); strict F1 0.945. See benchmarks/RESULTS.md.
+# just outside the stack as "don't care" (merfishflow.evaluation.spots); strict F1 0.945. See benchmarks/RESULTS.md.
 F1_FLOOR = 0.90
 F1_TARGET = 0.97
 
@@ -41,9 +41,9 @@ def registered_tile(tmp_path_factory):
     experiment = load_experiment(root)
     tile = experiment.tiles[0]
     for round_ in experiment.rounds:
-        ingest_tile_round(root, tile, round_, experiment.stage_position(tile), progress=_quiet)
-        deconvolve_tile_round(root, tile, round_, progress=_quiet)
-    register_tile(root, tile, progress=_quiet)
+        run_ingest(root, tile, round_, experiment.stage_position(tile), progress=_quiet)
+        run_deconvolve(root, tile, round_, progress=_quiet)
+    run_register_local(root, tile, progress=_quiet)
     paths = ExperimentPaths(root)
     stack = np.stack([datastore.read_marked_array(paths.readout_array(tile, bit, REGISTERED_DATA))
                       for bit in experiment.bits]).astype(np.float32)

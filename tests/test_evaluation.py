@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from merfishflow.errors import InputError
-from merfishflow.spots.evaluation import match_spots, score_spots
+from merfishflow.evaluation.spots import match_spots, score_spots
 
 VOXEL = (0.3, 0.1, 0.1)
 

@@ -13,8 +13,8 @@ from merfishflow.errors import IncompleteDataError, InputError
 from merfishflow.io.metadata import load_experiment
 from merfishflow.io.paths import DECON_DATA, FLOW_FIELD, REGISTERED_DATA, ExperimentPaths
 from merfishflow.image.registration import apply_transform
-from merfishflow.stages.deconvolve import deconvolve_tile_round
-from merfishflow.stages.register import FLOW_DOWNSAMPLE, register_tile
+from merfishflow.stages.deconvolve import run_deconvolve
+from merfishflow.stages.register import FLOW_DOWNSAMPLE, run_register_local
 from merfishflow.workflow.status import stage_states
 
 pytestmark = pytest.mark.workflow
@@ -124,7 +124,7 @@ def test_psf_voxel_size_mismatch_is_named(demo_copy):
     attrs["voxel_size_zyx_um"] = [0.5, 0.108, 0.108]
     datastore.write_marker(group, attrs)
     with pytest.raises(InputError, match=r"0\.5.*0\.31|0\.31.*0\.5"):
-        deconvolve_tile_round(experiment_dir, "tile0000", "round0001", progress=lambda m: None)
+        run_deconvolve(experiment_dir, "tile0000", "round0001", progress=lambda m: None)
 
 
 def test_missing_round_is_named(demo_copy):
@@ -132,4 +132,4 @@ def test_missing_round_is_named(demo_copy):
     decon = ExperimentPaths(experiment_dir).fiducial_array("tile0000", "round0002", DECON_DATA)
     (decon / ".zattrs").unlink()
     with pytest.raises(IncompleteDataError, match="round0002.zarr/decon_data/.zattrs: missing"):
-        register_tile(experiment_dir, "tile0000", progress=lambda m: None)
+        run_register_local(experiment_dir, "tile0000", progress=lambda m: None)

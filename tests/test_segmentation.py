@@ -9,8 +9,8 @@ import pytest
 import tifffile
 
 from merfishflow.errors import InputError
-from merfishflow.cells.segmentation import (SegmentationParams, mean_iou, merge_small_regions, mosaic_mean_iou,
-                                     segment_cells)
+from merfishflow.cells.segmentation import SegmentationParams, merge_small_regions, segment_cells
+from merfishflow.evaluation.cells import mean_iou, mosaic_mean_iou
 
 VOXEL = (0.31, 0.108, 0.108)
 SIM = {"seed": 2, "n_tiles_yx": [1, 1], "n_rounds": 1, "n_readout_channels": 1, "n_genes": 1, "n_blanks": 0,

@@ -16,8 +16,10 @@ import tifffile
 
 from merfishflow.cells.assignment import merge_cells
 from merfishflow.io.masks import read_masks, write_masks
-from merfishflow.cells.segmentation import SegmentationParams, mosaic_mean_iou, segment_cells
-from merfishflow.stages.cells import DEFAULT_CONTEXT_UM, assemble_canvas
+from merfishflow.cells.segmentation import SegmentationParams, segment_cells
+from merfishflow.evaluation.cells import mosaic_mean_iou
+from merfishflow.cells.canvas import assemble_canvas
+from merfishflow.image.stitching import DEFAULT_CONTEXT_UM
 
 # 2 x 2 tiles of 27.6 µm: about 70 cells (a 1 x 2 demo-sized mosaic has 20, too few to compare methods:
 # the mean IoU of either method moves by +-0.1 between seeds there).

@@ -14,7 +14,7 @@ from conftest import (REPO, TINY_SIMULATION, file_bytes, planned_jobs, run_snake
                       write_config)
 from merfishflow.io import datastore
 from merfishflow.errors import IncompleteDataError, InputError
-from merfishflow.stages.ingest import CorrectionParams, ingest_tile_round
+from merfishflow.stages.ingest import CorrectionParams, run_ingest
 from merfishflow.io.metadata import load_experiment
 from merfishflow.io.paths import ExperimentPaths
 from merfishflow.simulation import simulate_experiment
@@ -94,8 +94,8 @@ def test_crash_mid_write_leaves_nothing_complete_and_rerun_is_identical(demo_run
             raise RuntimeError("simulated crash")
 
     with pytest.raises(RuntimeError, match="simulated crash"):
-        ingest_tile_round(experiment_dir, "tile0001", "round0002", [0, 0, 0], CorrectionParams(),
-                          progress=crash_after_two_slabs, slab_planes=2)
+        run_ingest(experiment_dir, "tile0001", "round0002", [0, 0, 0], CorrectionParams(),
+                   progress=crash_after_two_slabs, slab_planes=2)
     group = paths.fiducial_group("tile0001", "round0002")
     assert any((group / "camera_data").iterdir()), "the crash should come after some chunks were written"
     with pytest.raises(IncompleteDataError, match="missing"):
@@ -246,7 +246,7 @@ def test_wrong_tiff_is_refused_before_writing(demo_copy, change, words):
     group = paths.fiducial_group("tile0000", "round0001")
     before = file_bytes(group)
     with pytest.raises(InputError) as info:
-        ingest_tile_round(experiment_dir, "tile0000", "round0001", [0, 0, 0], progress=lambda m: None)
+        run_ingest(experiment_dir, "tile0000", "round0001", [0, 0, 0], progress=lambda m: None)
     assert str(info.value).startswith(f"{tiff}: {words}")
     assert file_bytes(group) == before  # refused before touching the existing complete output
 

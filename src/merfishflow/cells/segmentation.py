@@ -28,9 +28,9 @@ The default method (``"watershed"``) needs no GPU and no model download:
    ``edge_level_sigma_um``, normalised by the mask's own blurred weight, so
    the dim outside does not pull it down near an edge; the global median
    where the mask is almost absent), and the mask is thresholded again at
-   ``threshold_fraction`` of the way from the dim median to it. On the
-   simulator this scores 0.710 instead of 0.690 on three test mosaics and
-   0.724 instead of 0.701 on four held-out ones (``docs/masks.md``, 'Accuracy').
+   ``threshold_fraction`` of the way from the dim median to it: a dim cell
+   and a bright one are both cut at their own half maximum
+   (``docs/masks.md``, 'Accuracy'; measurements in benchmarks/RESULTS.md).
 3. **Fill holes and erode.** In every z plane, dim holes up to
    ``max_hole_area_um2`` are filled (nuclei in cross-section; a larger hole is
    space between cells, which a full 2D fill would close), then every hole
@@ -43,8 +43,8 @@ The default method (``"watershed"``) needs no GPU and no model download:
    repeated back to full resolution, cut to the full-resolution mask of
    step 3, and steps 9 and 10 run once more there for the pieces this
    leaves. Cells are micrometres across, so the split needs no 0.1 µm
-   pixels, but the edges do: binning everything scores 0.02-0.03 lower on
-   the simulator, binning only the split scores as the full resolution.
+   pixels, but the edges do, so only the split is binned (benchmarks/RESULTS.md,
+   segmentation).
 4. **Nucleus markers.** Nuclei are dimmer than the cytoplasm around them
    (the simulator's 0.35x, a log contrast of -1.05 before blur). The
    darkness is the log image smoothed with ``nucleus_sigma_um`` minus the
@@ -56,7 +56,7 @@ The default method (``"watershed"``) needs no GPU and no model download:
    ``nucleus_log_contrast`` darker than that mean and at least
    ``nucleus_min_depth_um`` inside the foreground, taken darkest first and
    spaced ``nucleus_min_distance_um`` apart. ``nucleus_log_contrast=0``
-   skips this step (steps 6 to 8 then run as before: distance seeds only,
+   skips this step (steps 6 to 8 then use distance seeds only and the
    watershed of the negated distance).
 5. **Distance transform** of the foreground in µm
    (``scipy.ndimage.distance_transform_edt`` with ``sampling=voxel_size``);
@@ -95,14 +95,12 @@ size) when the optional ``cellpose`` package is installed; it is not a
 dependency of merfishflow, and asking for it without the package raises
 :class:`~merfishflow.errors.InputError`.
 
-Cost (``benchmarks/RESULTS.md``, segmentation): with the split on 3 x 3
-bins, ``bench_segmentation.py --shapes 24x1024x1024`` on 2 CPUs takes 7.85 s
-and 13 B/voxel of peak RSS above the input, against 93 s and 52 B/voxel with
-the split at full resolution (``working_voxel_yx_um=0``: scipy's int32
-feature transforms and float64 distances, the watershed's arrays, on every
-voxel). A (100, 2048, 2048) tile, measured: 221 s and 4.0 GB. The local
-bright level of step 2 (``edge_level_sigma_um``), added since, costs about
-1 s more per 24 x 1024 x 1024 and no memory (it is computed on y/x bins).
+Memory: about 13 bytes per voxel above the input with the split on bins, 52
+with the split at full resolution (``working_voxel_yx_um=0``: scipy's int32
+feature transforms and float64 distances and the watershed's arrays on every
+voxel); the workflow sizes segment jobs from these
+(:mod:`merfishflow.workflow.resources`). Times: benchmarks/RESULTS.md,
+segmentation.
 """
 
 from __future__ import annotations
@@ -117,8 +115,7 @@ from ..errors import InputError
 from ..io.masks import count_label_pairs
 from ..image.registration import as_volume
 
-__all__ = ["METHODS", "SegmentationParams", "assignment_accuracy", "mean_iou", "merge_small_regions",
-           "mosaic_mean_iou", "mosaic_overlaps", "segment_cells"]
+__all__ = ["METHODS", "SegmentationParams", "merge_small_regions", "segment_cells"]
 
 METHODS = ("watershed", "cellpose")
 # Otsu's threshold and the class medians are computed on a strided sample of at most this many voxels.
@@ -702,175 +699,3 @@ def segment_cells(fiducial, voxel_size_zyx_um, params=SegmentationParams(), prog
     if params.method == "cellpose":
         return _segment_cellpose(image, voxel, params, progress)
     return _segment_watershed(image, voxel, params, progress)
-
-
-def mean_iou(predicted, truth, *, min_voxels=1):
-    """Mean over the true cells of the IoU with their best-matching predicted cell.
-
-    Definition: for every true cell ``t`` (label > 0 in ``truth``) with at least
-    ``min_voxels`` voxels *in the volume* (cells cut by the volume's edges are
-    judged on their visible part only), find the predicted cell ``p`` (label > 0
-    in ``predicted``) that shares the most voxels with it (ties: the smaller id)
-    and compute ``|t ∩ p| / |t ∪ p|``; 0 if no predicted cell overlaps it.
-    The result is the unweighted mean of these values (each true cell counts
-    once, whatever its size). Predicted cells matching no true cell (false
-    positives) do not lower it; merged cells do (the merged cell's union is
-    large), and so do split ones (only the best piece counts).
-
-    Parameters
-    ----------
-    predicted, truth : ndarray of int, same shape
-    min_voxels : int
-        True cells with fewer visible voxels are left out (1 = all).
-
-    Returns
-    -------
-    float
-        NaN when no true cell qualifies.
-    """
-    predicted = np.asarray(predicted)
-    truth = np.asarray(truth)
-    if predicted.shape != truth.shape:
-        raise InputError(f"mean_iou: predicted and truth shapes differ: {predicted.shape} vs {truth.shape}")
-    t_ids, t_sizes = np.unique(truth[truth > 0], return_counts=True)
-    p_ids, p_sizes = np.unique(predicted[predicted > 0], return_counts=True)
-    both = (truth > 0) & (predicted > 0)
-    pairs, counts = count_label_pairs(truth[both], predicted[both])
-    truth_sizes = {t: n for t, n in zip(t_ids.tolist(), t_sizes.tolist()) if n >= min_voxels}
-    return _mean_best_iou(dict(zip(map(tuple, pairs.T.tolist()), counts.tolist())), truth_sizes,
-                          dict(zip(p_ids.tolist(), p_sizes.tolist())))
-
-
-def _best_matches(pair_counts):
-    """True id -> (shared voxels, predicted id) of its most-overlapping predicted cell (ties: smaller id)."""
-    best = {}
-    for (t, p), c in sorted(pair_counts.items()):
-        if t not in best or c > best[t][0]:
-            best[t] = (c, p)
-    return best
-
-
-def _mean_best_iou(pair_counts, truth_sizes, predicted_sizes):
-    """Unweighted mean over the true cells of ``truth_sizes`` of the IoU with their best match; NaN if none."""
-    best = _best_matches(pair_counts)
-    values = []
-    for t, size in sorted(truth_sizes.items()):
-        if t in best:
-            c, p = best[t]
-            values.append(c / (size + predicted_sizes[p] - c))
-        else:
-            values.append(0.0)
-    return float(np.mean(values)) if values else float("nan")
-
-
-def mosaic_overlaps(predicted_tiles, truth_tiles, origins_um, voxel_size_zyx_um):
-    """Voxel counts of every (true, predicted) cell pair over a mosaic, each voxel counted once.
-
-    Tiles overlap, so every voxel of the mosaic is counted in one tile only:
-    the tile whose centre (in y and x) is nearest to it.
-
-    Parameters
-    ----------
-    predicted_tiles, truth_tiles : list of ndarray of int, shape (z, y, x)
-        Per tile, labels in *global* ids (0 = background): predicted cells
-        already merged across tiles, true cells by their global id.
-    origins_um : array-like, shape (n_tiles, 3)
-        Global position of each tile's voxel (0, 0, 0), µm.
-    voxel_size_zyx_um : 3 floats
-
-    Returns
-    -------
-    pair_counts : dict
-        ``{(true id, predicted id): shared voxels}`` (both > 0).
-    truth_sizes, predicted_sizes : dict
-        ``{id: voxels}``.
-    """
-    origins = np.asarray(origins_um, dtype=np.float64).reshape(-1, 3)
-    voxel = _voxel_size(voxel_size_zyx_um)
-    if not (len(predicted_tiles) == len(truth_tiles) == len(origins)):
-        raise InputError("mosaic scoring: need one predicted and one true label volume per tile origin")
-    centres = np.array([o[1:] + (np.asarray(t.shape[1:]) - 1) / 2.0 * voxel[1:]
-                        for o, t in zip(origins, truth_tiles)])
-    pair_counts, truth_sizes, predicted_sizes = {}, {}, {}
-
-    def add(counter, keys, counts):
-        for k, c in zip(keys, counts):
-            counter[k] = counter.get(k, 0) + int(c)
-
-    for k, (pred, truth) in enumerate(zip(predicted_tiles, truth_tiles)):
-        if pred.shape != truth.shape:
-            raise InputError(f"mosaic scoring: tile {k}: predicted and truth shapes differ: "
-                             f"{pred.shape} vs {truth.shape}")
-        ny, nx = truth.shape[1:]
-        yy = origins[k, 1] + np.arange(ny)[:, None] * voxel[1]
-        xx = origins[k, 2] + np.arange(nx)[None, :] * voxel[2]
-        d2 = (yy[None] - centres[:, 0, None, None]) ** 2 + (xx[None] - centres[:, 1, None, None]) ** 2
-        owned = np.broadcast_to(np.argmin(d2, axis=0) == k, truth.shape)
-        t_vals, p_vals = truth[owned].astype(np.int64), pred[owned].astype(np.int64)
-        add(truth_sizes, *np.unique(t_vals[t_vals > 0], return_counts=True))
-        add(predicted_sizes, *np.unique(p_vals[p_vals > 0], return_counts=True))
-        both = (t_vals > 0) & (p_vals > 0)
-        if both.any():
-            pairs, counts = count_label_pairs(t_vals[both], p_vals[both])
-            add(pair_counts, map(tuple, pairs.T.tolist()), counts)
-    return pair_counts, truth_sizes, predicted_sizes
-
-
-def mosaic_mean_iou(predicted_tiles, truth_tiles, origins_um, voxel_size_zyx_um, *, min_volume_um3=0.0):
-    """:func:`mean_iou` over a whole mosaic: each cell judged once, across tile overlaps.
-
-    Voxels are pooled over the tiles as in :func:`mosaic_overlaps`; the score
-    is then defined as in :func:`mean_iou` with global ids: a cell that spans
-    tiles is one cell, and only cells cut by the outer edge of the mosaic are
-    judged on a visible part. Parameters as in :func:`mosaic_overlaps`;
-    ``min_volume_um3`` leaves out true cells with less visible volume (µm³;
-    0 = all), such as the slivers of cells that barely reach into the
-    imaged volume.
-
-    Returns
-    -------
-    float
-        NaN when no true cell is visible.
-    """
-    pair_counts, truth_sizes, predicted_sizes = mosaic_overlaps(predicted_tiles, truth_tiles, origins_um,
-                                                                voxel_size_zyx_um)
-    min_voxels = float(min_volume_um3) / float(np.prod(_voxel_size(voxel_size_zyx_um)))
-    truth_sizes = {t: n for t, n in truth_sizes.items() if n >= min_voxels}
-    return _mean_best_iou(pair_counts, truth_sizes, predicted_sizes)
-
-
-def assignment_accuracy(true_cell, assigned_cell, pair_counts):
-    """Fraction of spots given the right cell, and how the others went wrong.
-
-    The right cell for a spot of true cell ``t`` is the predicted cell that
-    shares the most voxels with ``t`` (the match :func:`mosaic_mean_iou`
-    scores); for a spot outside every true cell it is 0. A piece of an
-    over-split cell is therefore a wrong cell.
-
-    Parameters
-    ----------
-    true_cell, assigned_cell : array-like of int
-        Per spot: its true cell (0 = none) and the cell the pipeline gave it.
-    pair_counts : dict
-        From :func:`mosaic_overlaps`.
-
-    Returns
-    -------
-    dict
-        ``accuracy`` and the counts ``right_cell``, ``right_outside``,
-        ``wrong_cell``, ``missed_cell`` (true cell, given 0),
-        ``false_cell`` (outside, given a cell), ``n``.
-    """
-    true_cell = np.asarray(true_cell, dtype=np.int64)
-    assigned_cell = np.asarray(assigned_cell, dtype=np.int64)
-    best = _best_matches(pair_counts)
-    right = np.array([best.get(int(t), (0, -1))[1] for t in true_cell], dtype=np.int64)
-    inside = true_cell > 0
-    counts = {"right_cell": int((inside & (assigned_cell == right)).sum()),
-              "right_outside": int((~inside & (assigned_cell == 0)).sum()),
-              "wrong_cell": int((inside & (assigned_cell > 0) & (assigned_cell != right)).sum()),
-              "missed_cell": int((inside & (assigned_cell == 0)).sum()),
-              "false_cell": int((~inside & (assigned_cell > 0)).sum()),
-              "n": int(len(true_cell))}
-    counts["accuracy"] = (counts["right_cell"] + counts["right_outside"]) / counts["n"] if counts["n"] else float("nan")
-    return counts

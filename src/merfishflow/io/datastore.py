@@ -1,4 +1,4 @@
-"""The on-disk datastore (DESIGN.md §2-3): zarr v2 arrays through tensorstore, JSON markers.
+"""The on-disk datastore (docs/architecture.md: the layout and the marker contract): zarr v2 arrays through tensorstore, JSON markers.
 
 Every ``*.zarr`` folder is a zarr v2 group (``.zgroup``). Its ``.zattrs`` is
 the completion marker of the job that owns the group: written last and
@@ -38,6 +38,18 @@ def software_versions() -> dict:
     versions = {"merfishflow": __version__}
     versions.update({name: version(name) for name in ("numpy", "scipy", "tensorstore", "tifffile")})
     return versions
+
+
+def stage_record(stage: str, parameters: dict, inputs_sha256, **fields) -> dict:
+    """The provenance every stage writes with its output: ``{stage, software, parameters, inputs_sha256}``
+    plus the stage's own ``fields`` (docs/architecture.md, "The marker contract")."""
+    return {"stage": stage, "software": software_versions(), "parameters": parameters,
+            "inputs_sha256": inputs_sha256, **fields}
+
+
+def combined_digest(digests) -> str:
+    """One SHA-256 over several inputs' digests, in the order given."""
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
 # groups and markers ----------------------------------------------------------------------------

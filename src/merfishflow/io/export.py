@@ -1,4 +1,4 @@
-"""Exports of registered tiles: multi-page TIFF (ImageJ / OME) and SpaceTx (starfish) (DESIGN.md §5).
+"""Exports of registered tiles: multi-page TIFF (ImageJ / OME) and SpaceTx (starfish) (docs/exports.md).
 
 Functions here read the datastore (checked complete) and write finished files
 atomically (temporary file, then ``os.replace``). Nothing written carries a

@@ -19,7 +19,7 @@ import numpy as np
 from pathlib import Path
 
 from ..errors import InputError
-from .naming import bit_name, codebook_bit_column, round_name, tile_name
+from .naming import bit_name, codebook_bit_column, index_of, round_name, tile_name
 from .paths import ExperimentPaths, inside
 
 FORMAT_VERSION = 1
@@ -80,6 +80,27 @@ class Experiment:
     codewords: tuple
     stage_positions_um: tuple
 
+    @classmethod
+    def from_calibration(cls, attrs: dict) -> "Experiment":
+        """The manifest that ``calibrations.zarr/.zattrs`` records (the init stage's copy of raw_data's
+        metadata), so stages read it through the same typed accessors. Stage positions are not part of it
+        (adding a tile does not rerun init): ``tiles`` is empty."""
+        microscope, camera = attrs["microscope"], attrs["camera"]
+        codebook = attrs["exp_codebook"]
+        return cls(
+            voxel_size_zyx_um=tuple(attrs["voxel_size_zyx_um"]), image_shape_zyx=tuple(attrs["image_shape_zyx"]),
+            tile_overlap_fraction=attrs["tile_overlap_fraction"],
+            numerical_aperture=microscope["numerical_aperture"],
+            immersion_refractive_index=microscope["immersion_refractive_index"],
+            sample_refractive_index=microscope["sample_refractive_index"],
+            e_per_adu=camera["e_per_adu"], offset_adu=camera["offset_adu"], dark_frame=camera["dark_frame"],
+            hot_pixel_map=camera["hot_pixel_map"],
+            channels=tuple(Channel(c["name"], c["role"], c["excitation_um"], c["emission_um"])
+                           for c in attrs["channels"]),
+            exp_order=tuple(tuple(row) for row in attrs["exp_order"]["rounds"]),
+            gene_ids=tuple(codebook["gene_id"]), codewords=tuple(tuple(w) for w in codebook["codewords"]),
+            stage_positions_um=())
+
     # structure ---------------------------------------------------------------
     @property
     def tiles(self) -> list[str]:
@@ -107,18 +128,18 @@ class Experiment:
 
     def bits_of_round(self, round_: str) -> list[tuple[str, int]]:
         """``[(bit name, TIFF channel index), ...]`` imaged in a round."""
-        row = self.exp_order[int(round_[len("round"):])]
+        row = self.exp_order[index_of(round_, "round")]
         return [(bit_name(b), c) for b, c in zip(row, self.readout_channels)]
 
     def round_of_bit(self, bit: str) -> str:
-        number = int(bit[len("bit"):])
+        number = index_of(bit, "bit")
         for r, row in enumerate(self.exp_order):
             if number in row:
                 return round_name(r)
         raise InputError(f"{bit} is not imaged in any round of exp_order.csv")
 
     def stage_position(self, tile: str) -> list[float]:
-        return list(self.stage_positions_um[int(tile[len("tile"):])])
+        return list(self.stage_positions_um[index_of(tile, "tile")])
 
     @property
     def raw_bytes_per_tile_round(self) -> int:
@@ -137,6 +158,16 @@ class Experiment:
             "image_shape_zyx": list(self.image_shape_zyx),
             "voxel_size_zyx_um": list(self.voxel_size_zyx_um),
         }
+
+
+def round_targets(paths: ExperimentPaths, experiment: Experiment, tile: str, round_: str) -> list[tuple]:
+    """``[(group, TIFF channel index, bit number or None), ...]`` that one round of a tile writes: the fiducial
+    group first, then every readout bit imaged in that round (:meth:`ExperimentPaths.round_groups`)."""
+    bits = experiment.bits_of_round(round_)
+    groups = paths.round_groups(tile, round_, [bit for bit, _ in bits])
+    channels = [experiment.fiducial_channel] + [channel for _, channel in bits]
+    numbers = [None] + [index_of(bit, "bit") for bit, _ in bits]
+    return list(zip(groups, channels, numbers))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Fixed, zero-padded names of tiles, rounds and bits (DESIGN.md §2).
+"""Fixed, zero-padded names of tiles, rounds and bits (docs/architecture.md, "The experiment on disk").
 
 Tiles and rounds count from 0, bits from 1 like the codebook's columns.
 """

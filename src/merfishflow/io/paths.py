@@ -1,7 +1,8 @@
 """One object that knows every path of an experiment (raw data and datastore).
 
 Rules, scripts, tests and the CLI all build paths here and nowhere else, so the
-on-disk layout of DESIGN.md §2 has exactly one home. Methods take the fixed
+on-disk layout (docs/architecture.md, "Where each concept lives"; docs/datastore.md)
+has exactly one home: every file, folder and array name is spelled here. Methods take the fixed
 names (``"tile0000"``, ``"round0000"``, ``"bit001"``) so that the same call
 builds a concrete path or, given ``"{tile}"``, a Snakemake pattern.
 """
@@ -15,13 +16,22 @@ from pathlib import Path
 from ..errors import InputError
 from .naming import round_name
 
-# Arrays and subgroups inside a tile's round or bit group (DESIGN.md §2).
+# Arrays and subgroups inside a tile's round or bit group (docs/datastore.md).
 CAMERA_DATA = "camera_data"
 CORRECTED_DATA = "corrected_data"
 DECON_DATA = "decon_data"
 REGISTERED_DATA = "registered_decon_data"
 FLOW_FIELD = "of_xyz_3x_downsample"
 GLOBAL_REGISTRATION = "global_registration"
+# Arrays of calibrations.zarr.
+CAMERA_NOISE_MAP = "camera_noise_map"
+PSF_DATA = "psf_data"
+# Files of datastore/counts/, by the key rules and stages use for them.
+COUNTS_FILES = {"matrix": "matrix.mtx.gz", "barcodes": "barcodes.tsv.gz", "features": "features.tsv.gz",
+                "cell_by_gene": "cell_by_gene.h5ad"}
+# Files the simulator writes into ground_truth/ besides the per-tile ones (docs/simulator.md).
+GROUND_TRUTH_FILES = {"spots": "spots.parquet", "cells": "cells.parquet", "transforms": "transforms.json",
+                      "bits": "bits.csv", "hot_pixels": "hot_pixels.csv", "simulation": "simulation.json"}
 # Which round-0 fiducial the segment stage reads (``segmentation.image``); the first is the default.
 # Round 0 is the registration reference, so both lie in the registered frame. Corrected: deconvolution
 # sharpens the stain's granular texture into spikes (docs/masks.md, "Which image").
@@ -92,6 +102,18 @@ class ExperimentPaths:
     def ground_truth(self) -> Path:
         return self.root / "ground_truth"
 
+    def ground_truth_file(self, key: str) -> Path:
+        """One of :data:`GROUND_TRUTH_FILES` (``"spots"``: the simulated molecules evaluation scores against)."""
+        return self.ground_truth / GROUND_TRUTH_FILES[key]
+
+    def ground_truth_cells(self, tile: str) -> Path:
+        """The simulator's true cell labels of one tile."""
+        return self.ground_truth / f"cells_{tile}.tif"
+
+    def ground_truth_deformation(self, tile: str, round_: str) -> Path:
+        """The simulator's true deformation field of one tile and round (round 0 has none)."""
+        return self.ground_truth / f"deformation_{tile}_{round_}.tif"
+
     # datastore ----------------------------------------------------------------
     @property
     def datastore(self) -> Path:
@@ -110,6 +132,11 @@ class ExperimentPaths:
 
     def readout_group(self, tile: str, bit: str) -> Path:
         return self.datastore / "readouts" / tile / f"{bit}.zarr"
+
+    def round_groups(self, tile: str, round_: str, bits) -> list[Path]:
+        """The groups one round of a tile writes: its fiducial group, then the group of every readout bit
+        imaged in it (``bits``: their names, :meth:`merfishflow.io.metadata.Experiment.bits_of_round`)."""
+        return [self.fiducial_group(tile, round_)] + [self.readout_group(tile, bit) for bit in bits]
 
     def fiducial_array(self, tile: str, round_: str, name: str) -> Path:
         """An array (or subgroup) of a fiducial round group, e.g. ``decon_data``."""
@@ -177,8 +204,8 @@ class ExperimentPaths:
         return self.datastore / "counts"
 
     def counts_files(self) -> dict:
-        return {name: self.counts / name for name in
-                ("matrix.mtx.gz", "barcodes.tsv.gz", "features.tsv.gz", "cell_by_gene.h5ad")}
+        """``{key: path}`` of the count matrix files (:data:`COUNTS_FILES`)."""
+        return {key: self.counts / name for key, name in COUNTS_FILES.items()}
 
     @property
     def exports(self) -> Path:
@@ -192,9 +219,25 @@ class ExperimentPaths:
     def spatialdata_store(self) -> Path:
         return self.exports / "experiment.spatialdata.zarr"
 
+    def export_tiff(self, tile: str, what: str, kind: str) -> Path:
+        """A tile's TIFF export; ``kind`` ``"ome"`` gives ``.ome.tif``, else ImageJ ``.tif``."""
+        return self.exports / f"{tile}_{what}{'.ome.tif' if kind == 'ome' else '.tif'}"
+
+    def export_spacetx(self, tile: str) -> Path:
+        """The SpaceTx experiment.json of a tile's export."""
+        return self.exports / f"spacetx_{tile}" / "experiment.json"
+
+    @property
+    def export_codebook(self) -> Path:
+        return self.exports / "starfish_codebook.json"
+
     @property
     def provenance(self) -> Path:
-        return self.datastore / "provenance"
+        """Run records, one per workflow run (:mod:`merfishflow.workflow.provenance`)."""
+        return self.logs / "provenance"
+
+    def run_record(self, stamp: str) -> Path:
+        return self.provenance / f"run-{stamp}.json"
 
     # logs (outside the datastore) ---------------------------------------------
     @property

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 from scipy import ndimage as ndi
 
+from ..cpus import available_cpus
 from ..errors import InputError
 from ..io.metadata import Channel, Experiment
 from ..io.naming import codebook_bit_column, round_name, tile_name
@@ -36,7 +36,7 @@ _STREAM_BEADS = 11
 _EXCLUSION_PX = (2.0, 2.0, 2.0)
 # spots.parquet also lists, with in_stack = False, the molecules this close (µm, per axis) outside a
 # tile's frame: a decoder may rightly report one at the frame's edge, and scoring must recognise it as a
-# real molecule (merfishflow.spots.evaluation ignores such matches). Valid for match radii up to this value.
+# real molecule (merfishflow.evaluation.spots ignores such matches). Valid for match radii up to this value.
 TRUTH_MARGIN_UM = 1.0
 
 PHASE_CORRELATION_NOTE = (
@@ -47,11 +47,7 @@ PHASE_CORRELATION_NOTE = (
 
 
 def _n_threads():
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores))
+    return max(1, min(4, available_cpus()))
 
 
 def _as_params(params):
@@ -191,12 +187,13 @@ def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite
         psfs = [widefield_psf(p.voxel_size_zyx_um, em, p.numerical_aperture, p.immersion_refractive_index,
                               p.sample_refractive_index) for _, _, _, em in channels]
     raw, gt = _prepare_folders(root, p, overwrite)
+    paths = ExperimentPaths(root)
 
     seq = np.random.SeedSequence(p.seed)
     (ss_layout, ss_rounds, ss_cells, ss_spots, ss_camera, ss_noise) = seq.spawn(6)
     voxel = np.asarray(p.voxel_size_zyx_um, dtype=np.float64)
     shape = np.asarray(p.image_shape_zyx, dtype=np.int64)
-    n_tiles, n_rounds, n_ro = p.n_tiles, p.n_rounds, p.n_readout_channels
+    n_tiles, n_rounds = p.n_tiles, p.n_rounds
 
     layout = make_tile_layout(p.n_tiles_yx, p.image_shape_zyx, voxel, p.tile_overlap_fraction,
                               p.stage_error_sd_um, np.random.default_rng(ss_layout))
@@ -221,12 +218,9 @@ def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite
     world_pos, cell_of_spot = place_molecules(cells, p.spots_per_cell, p.fraction_spots_outside_cells,
                                               world_lo, world_hi, np.asarray(_EXCLUSION_PX) * voxel, rng_spots)
     spots, bit_factor = make_spots(cells, codebook, p.n_genes, world_pos, cell_of_spot, p, rng_spots)
-    texture = PolyDTTexture(p.seed, _STREAM_TEXTURE, voxel)
     camera = Camera.random(tuple(shape[1:]), p.e_per_adu, p.offset_adu, p.fixed_pattern_sd_adu, p.read_noise_e,
                            p.n_hot_pixels, np.random.default_rng(ss_camera))
     frame_streams = ss_noise.spawn(n_tiles * n_rounds)
-    # Where every molecule goes in every round, relative to its round-0 position.
-    displacement = np.stack([t.displacement(spots.world_um) for t in transforms])  # (rounds, n, 3)
     beads = None
     if p.fiducial_kind == "beads":
         # A stream of its own: the polyDT default draws exactly the numbers it always did.
@@ -236,11 +230,35 @@ def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite
         beads = (bead_um, np.stack([t.displacement(bead_um) for t in transforms]))
 
     out = {"experiment_dir": root, "raw_data": raw, "ground_truth": gt}
-    out.update(_write_static_raw(raw, p, codebook, names, layout, camera, channels))
+    out.update(_write_static_raw(paths, p, codebook, names, camera, channels))
     if p.psf_kind == "gaussian":
         # The rendering PSF, as a microscope's measured bead PSF would be supplied (docs/raw_data.md).
         out["psfs"] = [files.write_tiff(raw / _psf_file(name), psf) for (name, _, _, _), psf in zip(channels, psfs)]
+    rendered = _render_tiles(paths, p, layout, transforms, cells, spots, beads, camera, psfs, (pad, margin),
+                             frame_streams, progress)
+    out.update({key: rendered[key] for key in ("raw_tiffs", "cell_labels", "deformation_fields")})
+    out.update(_write_truth_tables(paths, p, names, layout, transforms, cells, spots, bit_factor, camera, rendered))
+    # Last: its presence tells the pipeline that raw_data is complete.
+    out["experiment_yaml"] = files.write_yaml(paths.experiment_yaml, _experiment_yaml(p, channels))
+    return out
 
+
+def _render_tiles(paths, p, layout, transforms, cells, spots, beads, camera, psfs, pad_margin, frame_streams,
+                  progress):
+    """Render and write every tile's rounds (raw TIFFs), its true cell labels and deformation fields.
+
+    ``beads`` is None (polyDT fiducial) or (positions in µm, per-round displacements).
+
+    Returns ``raw_tiffs``, ``cell_labels``, ``deformation_fields`` (lists of paths), ``spot_rows`` (per tile: the
+    molecules listed in the truth table and their pixel positions) and ``write_deformation``.
+    """
+    pad, margin = pad_margin
+    voxel = np.asarray(p.voxel_size_zyx_um, dtype=np.float64)
+    shape = np.asarray(p.image_shape_zyx, dtype=np.int64)
+    n_tiles, n_rounds, n_ro = p.n_tiles, p.n_rounds, p.n_readout_channels
+    texture = PolyDTTexture(p.seed, _STREAM_TEXTURE, voxel)
+    # Where every molecule goes in every round, relative to its round-0 position.
+    displacement = np.stack([t.displacement(spots.world_um) for t in transforms])  # (rounds, n, 3)
     renderer = FrameRenderer(psfs, p.image_shape_zyx, voxel, pad, margin, p.background_photons)
     patch_shape = tuple(int(n) for n in shape + 2 * margin)
     tile_crop = tuple(slice(int(m), int(m + n)) for m, n in zip(margin, shape))
@@ -253,15 +271,16 @@ def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite
         # Each frame has its own noise stream, so the bytes do not depend on
         # which thread renders which frame.
         counts = camera.expose(electrons, np.random.default_rng(frame_streams[t * n_rounds + r]))
-        written = [files.write_tiff(raw / tile_name(t) / f"{round_name(r)}.tif", counts)]
+        written = [files.write_tiff(paths.raw_tiff(tile_name(t), round_name(r)), counts)]
         if write_deformation and r > 0:
             deformation = transforms[r].deformation
             field = (deformation.on_grid(scene.origin_um, voxel, p.image_shape_zyx) if deformation is not None
                      else np.zeros((3,) + p.image_shape_zyx, np.float32))
-            written.append(files.write_tiff(gt / f"deformation_{tile_name(t)}_{round_name(r)}.tif", field))
+            written.append(files.write_tiff(paths.ground_truth_deformation(tile_name(t), round_name(r)), field))
         return written
 
-    raw_tiffs, label_files, deformation_files, spot_rows = [], [], [], []
+    out = {"raw_tiffs": [], "cell_labels": [], "deformation_fields": [], "spot_rows": [],
+           "write_deformation": write_deformation}
     # Rounds of a tile render in parallel threads (the heavy numpy/scipy work
     # releases the GIL).
     with ThreadPoolExecutor(max_workers=_n_threads()) as pool:
@@ -269,13 +288,13 @@ def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite
             origin = layout.true_um[t]
             labels, fiducial, cell_mask = tile_patch(cells, texture, origin, voxel, -margin, patch_shape,
                                                      p.fiducial_photons)
-            label_files.append(files.write_tiff(gt / f"cells_{tile_name(t)}.tif",
-                                                labels[tile_crop].astype(np.uint32)))
+            out["cell_labels"].append(files.write_tiff(paths.ground_truth_cells(tile_name(t)),
+                                                       labels[tile_crop].astype(np.uint32)))
             p0 = (spots.world_um - origin) / voxel
             in_frame = np.all((p0 >= -0.5) & (p0 < shape - 0.5), axis=1)
             reach = TRUTH_MARGIN_UM / voxel
             listed = np.flatnonzero(np.all((p0 >= -0.5 - reach) & (p0 < shape - 0.5 + reach), axis=1))
-            spot_rows.append((t, listed, p0[listed], in_frame[listed]))
+            out["spot_rows"].append((t, listed, p0[listed], in_frame[listed]))
             near = np.flatnonzero(np.all((p0 >= -margin) & (p0 <= shape - 1 + margin), axis=1))
             scene = TileScene(
                 origin_um=origin,
@@ -290,28 +309,32 @@ def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite
                 **_bead_scene(beads, origin, voxel, shape, margin, p.bead_photons),
             )
             for written in pool.map(lambda r, scene=scene, t=t: render_frame(scene, t, r), range(n_rounds)):
-                raw_tiffs.append(written[0])
-                deformation_files.extend(written[1:])
+                out["raw_tiffs"].append(written[0])
+                out["deformation_fields"].extend(written[1:])
             if progress is not None:
-                progress(f"simulated {tile_name(t)} ({t + 1}/{n_tiles}): {n_rounds} rounds x {len(channels)} channels")
-
-    out["raw_tiffs"] = raw_tiffs
-    out["cell_labels"] = label_files
-    out["deformation_fields"] = deformation_files
-    out["spots"] = files.write_parquet(gt / "spots.parquet", _spots_table(spots, names, layout, voxel, spot_rows))
-    out["cells"] = files.write_parquet(gt / "cells.parquet", _cells_table(cells, spots))
-    out["transforms"] = files.write_json(gt / "transforms.json",
-                                         _transforms_json(p, layout, transforms, voxel, write_deformation))
-    out["bits"] = files.write_csv(
-        gt / "bits.csv", ["bit", "round", "channel", "brightness_factor"],
-        [(b + 1, b // n_ro, channels[1 + b % n_ro][0], repr(float(bit_factor[b]))) for b in range(p.n_bits)])
-    out["hot_pixels"] = files.write_csv(
-        gt / "hot_pixels.csv", ["y", "x", "dark_adu"],
-        [(int(y), int(x), repr(float(a))) for (y, x), a in zip(camera.hot_yx, camera.hot_dark_adu)])
-    out["simulation"] = files.write_json(gt / "simulation.json", p.to_dict())
-    # Last: its presence tells the pipeline that raw_data is complete.
-    out["experiment_yaml"] = files.write_yaml(raw / "experiment.yaml", _experiment_yaml(p, channels))
+                progress(f"simulated {tile_name(t)} ({t + 1}/{n_tiles}): {n_rounds} rounds x {len(p.channels)} "
+                         "channels")
     return out
+
+
+def _write_truth_tables(paths, p, names, layout, transforms, cells, spots, bit_factor, camera, rendered):
+    """The ground-truth tables of docs/simulator.md (``GROUND_TRUTH_FILES``); ``{key: path}``."""
+    voxel = np.asarray(p.voxel_size_zyx_um, dtype=np.float64)
+    n_ro, channels = p.n_readout_channels, p.channels
+    truth = paths.ground_truth_file
+    return {
+        "spots": files.write_parquet(truth("spots"), _spots_table(spots, names, layout, voxel, rendered["spot_rows"])),
+        "cells": files.write_parquet(truth("cells"), _cells_table(cells, spots)),
+        "transforms": files.write_json(truth("transforms"), _transforms_json(p, layout, transforms, voxel,
+                                                                             rendered["write_deformation"])),
+        "bits": files.write_csv(
+            truth("bits"), ["bit", "round", "channel", "brightness_factor"],
+            [(b + 1, b // n_ro, channels[1 + b % n_ro][0], repr(float(bit_factor[b]))) for b in range(p.n_bits)]),
+        "hot_pixels": files.write_csv(
+            truth("hot_pixels"), ["y", "x", "dark_adu"],
+            [(int(y), int(x), repr(float(a))) for (y, x), a in zip(camera.hot_yx, camera.hot_dark_adu)]),
+        "simulation": files.write_json(truth("simulation"), p.to_dict()),
+    }
 
 
 def planned_experiment(params) -> Experiment:
@@ -352,7 +375,7 @@ def planned_experiment(params) -> Experiment:
     )
 
 
-def _write_static_raw(raw, p, codebook, names, layout, camera, channels):
+def _write_static_raw(paths, p, codebook, names, camera, channels):
     plan = planned_experiment(p)
     header = ["gene_id"] + [codebook_bit_column(b + 1) for b in range(p.n_bits)]
     codebook_rows = [[name] + [int(v) for v in row] for name, row in zip(names, codebook)]
@@ -360,11 +383,11 @@ def _write_static_raw(raw, p, codebook, names, layout, camera, channels):
     order_rows = [[k] + list(bits) for k, bits in enumerate(plan.exp_order)]
     stage_rows = [[t] + [f"{v:.6f}" for v in pos] for t, pos in enumerate(plan.stage_positions_um)]
     return {
-        "codebook": files.write_csv(raw / "codebook.csv", header, codebook_rows),
-        "exp_order": files.write_csv(raw / "exp_order.csv", ["round"] + readouts, order_rows),
-        "stage_positions": files.write_csv(raw / "stage_positions.csv",
+        "codebook": files.write_csv(paths.codebook_csv, header, codebook_rows),
+        "exp_order": files.write_csv(paths.exp_order_csv, ["round"] + readouts, order_rows),
+        "stage_positions": files.write_csv(paths.stage_positions_csv,
                                            ["tile", "stage_z_um", "stage_y_um", "stage_x_um"], stage_rows),
-        "dark_frame": files.write_tiff(raw / DARK_FRAME_FILE, camera.dark_frame),
+        "dark_frame": files.write_tiff(paths.raw_file(DARK_FRAME_FILE, "simulator"), camera.dark_frame),
     }
 
 

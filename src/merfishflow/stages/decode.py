@@ -12,71 +12,29 @@ duplicates removed (:mod:`merfishflow.spots.filtering`) into
 ``decoded/all_tiles_filtered.parquet`` and starfish's DecodedSpots CSV.
 
 evaluate (simulated experiments): the filtered spots against
-``ground_truth/spots.parquet`` (:mod:`merfishflow.spots.evaluation`).
+``ground_truth/spots.parquet`` (:mod:`merfishflow.evaluation.spots`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..io import datastore
 from ..spots.decoding import DecodingParams, decode_tile
 from ..errors import InputError
-from ..spots.evaluation import score_spots
-from ..io.fileio import atomic, canonical_json, write_text
+from ..evaluation.spots import score_spots
+from ..io.fileio import canonical_json, write_text
 from ..spots.filtering import FilterParams, fdr_filter, remove_overlap_duplicates, starfish_table
-from ..io.naming import bit_name
+from ..io.naming import index_of
 from ..io.paths import REGISTERED_DATA, ExperimentPaths
-
-METADATA_KEY = b"merfishflow"
-BLANK_PREFIX = "Blank-"
+from ..io.tables import BLANK_PREFIX, spot_ids, spot_schema, write_spot_table, write_table_csv
 
 
-SPOT_ID_TILE_STRIDE = 1_000_000_000
-
-
-def spot_schema(n_bits: int) -> pa.Schema:
-    """Column types of the per-tile and all-tile spot tables (docs/outputs.md)."""
-    fields = [
-        ("tile", pa.int32()), ("spot_id", pa.int64()), ("gene_id", pa.string()), ("barcode_id", pa.int32()),
-        ("z_px", pa.float64()), ("y_px", pa.float64()), ("x_px", pa.float64()),
-        ("global_z_um", pa.float64()), ("global_y_um", pa.float64()), ("global_x_um", pa.float64()),
-        ("distance", pa.float32()), ("magnitude", pa.float32()), ("area", pa.int32()),
-        ("is_blank", pa.bool_()),
-    ]
-    fields += [(f"intensity_{bit_name(b)}", pa.float32()) for b in range(1, n_bits + 1)]
-    return pa.schema(fields)
-
-
-def spot_ids(tile_index: int, n_spots: int) -> np.ndarray:
-    """Experiment-wide spot ids, kept by every later table: ``tile * SPOT_ID_TILE_STRIDE + row in the tile's
-    decoded table`` (tile 3's spot 42 is 3000000042)."""
-    return np.int64(tile_index) * SPOT_ID_TILE_STRIDE + np.arange(n_spots, dtype=np.int64)
-
-
-def write_spot_table(path: Path, frame: pd.DataFrame, schema: pa.Schema, metadata: dict) -> Path:
-    table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
-    table = table.replace_schema_metadata({METADATA_KEY: canonical_json(metadata).encode()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic(path, lambda p: pq.write_table(table, p, compression="zstd"))
-
-
-def read_metadata(path) -> dict:
-    """What a stage recorded in a spot table's Parquet metadata."""
-    meta = pq.read_schema(path).metadata or {}
-    if METADATA_KEY not in meta:
-        raise InputError(f"{path}: not a merfishflow spot table (no {METADATA_KEY.decode()!r} metadata)")
-    return json.loads(meta[METADATA_KEY])
-
-
-def decode_tile_stage(experiment_dir, tile, params=DecodingParams(), progress=print) -> Path:
+def run_decode(experiment_dir, tile, params=DecodingParams(), progress=print) -> Path:
     """Decode one tile into ``decoded/<tile>_decoded_features.parquet``."""
     paths = ExperimentPaths(experiment_dir)
     calibration = datastore.read_marker(paths.calibrations)
@@ -112,7 +70,7 @@ def decode_tile_stage(experiment_dir, tile, params=DecodingParams(), progress=pr
     result = decode_tile(read_bits, shape, codewords, voxel, params, progress=progress)
     spots = result.spots.copy()
     origin = np.asarray(placement["origin_zyx_um"], dtype=np.float64)
-    tile_index = int(tile[len("tile"):])
+    tile_index = index_of(tile, "tile")
     spots.insert(0, "tile", np.int32(tile_index))
     spots.insert(1, "spot_id", spot_ids(tile_index, len(spots)))
     genes = [gene_ids[b] for b in spots["barcode_id"].to_numpy()]
@@ -121,22 +79,21 @@ def decode_tile_stage(experiment_dir, tile, params=DecodingParams(), progress=pr
         spots[f"global_{name}_um"] = origin[axis] + spots[f"{name}_px"].to_numpy(np.float64) * voxel[axis]
     spots["is_blank"] = np.array([g.startswith(BLANK_PREFIX) for g in genes], dtype=bool)
     digests = [datastore.marker_digest(a) for a in arrays] + [datastore.marker_digest(placement_group)]
-    metadata = {
-        "stage": "decode", "tile": tile, "software": datastore.software_versions(), "parameters": params.to_dict(),
-        "normalization": {"bits": bits, "scale": [float(v) for v in result.scale],
-                          "background": [float(v) for v in result.background]},
-        "thresholds": {"distance": float(result.distance_threshold), "magnitude": float(result.magnitude_threshold)},
-        "refinement": {"history": result.history, "converged": bool(result.converged)},
-        "inputs_sha256": hashlib.sha256("".join(digests).encode()).hexdigest(),
-        "n_spots": int(len(spots)), "n_blank": int(spots["is_blank"].sum()),
-    }
+    metadata = datastore.stage_record(
+        "decode", params.to_dict(), datastore.combined_digest(digests), tile=tile,
+        normalization={"bits": bits, "scale": [float(v) for v in result.scale],
+                       "background": [float(v) for v in result.background]},
+        thresholds={"distance": float(result.distance_threshold), "magnitude": float(result.magnitude_threshold)},
+        refinement={"history": result.history, "converged": bool(result.converged)},
+        n_spots=int(len(spots)), n_blank=int(spots["is_blank"].sum()),
+    )
     out = paths.decoded_tile(tile)
     write_spot_table(out, spots, spot_schema(len(bits)), metadata)
     progress(f"{tile}: {len(spots)} spots ({int(spots['is_blank'].sum())} blank) -> {out.name}")
     return out
 
 
-def filter_experiment(experiment_dir, tiles, params=FilterParams(), progress=print):
+def run_filter(experiment_dir, tiles, params=FilterParams(), progress=print):
     """All tiles' spots, FDR-filtered and without overlap duplicates, to Parquet and starfish CSV."""
     paths = ExperimentPaths(experiment_dir)
     calibration = datastore.read_marker(paths.calibrations)
@@ -160,21 +117,19 @@ def filter_experiment(experiment_dir, tiles, params=FilterParams(), progress=pri
     progress(f"{report['n_input']} spots, {report['n_kept']} pass the FDR filter (estimated FDR "
              f"{fdr}, target {params.target_fdr}), {report['n_overlap_duplicates']} overlap "
              f"duplicates removed, {len(final)} spots kept ({int(final['is_blank'].sum())} blank)")
-    metadata = {"stage": "filter", "software": datastore.software_versions(), "parameters": params.to_dict(),
-                "report": report, "tiles": list(tiles),
-                "inputs_sha256": hashlib.sha256("".join(digests).encode()).hexdigest()}
+    metadata = datastore.stage_record("filter", params.to_dict(), datastore.combined_digest(digests), report=report,
+                                      tiles=list(tiles))
     write_spot_table(paths.filtered_spots, final, spot_schema(n_bits), metadata)
-    csv = starfish_table(final, calibration["voxel_size_zyx_um"])
-    atomic(paths.filtered_spots_csv, lambda p: csv.to_csv(p, index=False, float_format="%.6g", lineterminator="\n"))
+    write_table_csv(paths.filtered_spots_csv, starfish_table(final, calibration["voxel_size_zyx_um"]))
     return final, report
 
 
-def evaluate_experiment(experiment_dir, radius_um=0.5, progress=print) -> dict:
+def run_evaluate(experiment_dir, radius_um=0.5, progress=print) -> dict:
     """Score the filtered spots against the simulator's truth; writes ``decoded/evaluation.json``."""
     paths = ExperimentPaths(experiment_dir)
     calibration = datastore.read_marker(paths.calibrations)
     spots = pq.read_table(paths.filtered_spots).to_pandas()
-    truth_path = paths.ground_truth / "spots.parquet"
+    truth_path = paths.ground_truth_file("spots")
     if not truth_path.is_file():
         raise InputError(f"{truth_path}: not found; evaluation needs a simulated experiment's ground truth")
     truth = pq.read_table(truth_path).to_pandas()

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 
 from ..io import datastore
 from ..image.correction import to_uint16
 from ..image.deconvolution import check_psf_matches, richardson_lucy
-from ..io.paths import DECON_DATA, ExperimentPaths
+from ..io.metadata import Experiment, round_targets
+from ..io.paths import CORRECTED_DATA, DECON_DATA, PSF_DATA, ExperimentPaths
 
 
 @dataclass(frozen=True)
@@ -36,20 +36,7 @@ class DeconvolutionParams:
                 "overlap_yx": self.overlap_yx, "device": self.device}
 
 
-def round_groups(paths: ExperimentPaths, calibration: dict, tile: str, round_: str):
-    """``[(group, channel index), ...]``: the round's fiducial group, then its readout bits' groups."""
-    from ..io.naming import bit_name
-
-    channels = calibration["channels"]
-    fiducial = next(i for i, c in enumerate(channels) if c["role"] == "fiducial")
-    readouts = [i for i, c in enumerate(channels) if c["role"] == "readout"]
-    bits = calibration["exp_order"]["rounds"][int(round_[len("round"):])]
-    out = [(paths.fiducial_group(tile, round_), fiducial)]
-    out += [(paths.readout_group(tile, bit_name(b)), c) for b, c in zip(bits, readouts)]
-    return out
-
-
-def deconvolve_tile_round(experiment_dir, tile, round_, params=DeconvolutionParams(), progress=print, threads=1):
+def run_deconvolve(experiment_dir, tile, round_, params=DeconvolutionParams(), progress=print, threads=1):
     """Deconvolve one tile and round; each ``decon_data`` marker is written after its data.
 
     Returns
@@ -59,14 +46,14 @@ def deconvolve_tile_round(experiment_dir, tile, round_, params=DeconvolutionPara
     """
     paths = ExperimentPaths(experiment_dir)
     calibration = datastore.read_marker(paths.calibrations)
-    psfs = datastore.read_array(paths.calibrations, "psf_data")
+    psfs = datastore.read_array(paths.calibrations, PSF_DATA)
     calibration_digest = datastore.marker_digest(paths.calibrations)
     xp = {"cpu": None, "auto": "auto", "gpu": "cupy"}[params.device]
     written = []
-    for group, channel in round_groups(paths, calibration, tile, round_):
+    for group, channel, _ in round_targets(paths, Experiment.from_calibration(calibration), tile, round_):
         source = datastore.read_marker(group)
         check_psf_matches(calibration["voxel_size_zyx_um"], source["voxel_size_zyx_um"])
-        corrected = datastore.read_array(group, "corrected_data")
+        corrected = datastore.read_array(group, CORRECTED_DATA)
         name = calibration["channels"][channel]["name"]
         estimate, info = richardson_lucy(
             corrected, psfs[channel], params.iterations, stop_tolerance=params.stop_tolerance,
@@ -75,19 +62,17 @@ def deconvolve_tile_round(experiment_dir, tile, round_, params=DeconvolutionPara
             progress=lambda message, name=name: progress(f"{tile} {round_} {name}: {message}"))
         del corrected
         data, saturated = to_uint16(estimate)
-        attrs = {
-            "stage": "deconvolve",
-            "software": datastore.software_versions(),
-            "parameters": params.to_dict(),
-            "inputs_sha256": {"corrected_data": datastore.marker_digest(group), "calibrations": calibration_digest},
-            "channel": name,
-            "iterations_max": info.max_iterations,
-            "iterations_min": int(info.iterations.min()),
-            "n_saturated_voxels": saturated,
-            "units": "photoelectrons, rounded, saturating at 65535",
+        attrs = datastore.stage_record(
+            "deconvolve", params.to_dict(),
+            {"corrected_data": datastore.marker_digest(group), "calibrations": calibration_digest},
+            channel=name,
+            iterations_max=info.max_iterations,
+            iterations_min=int(info.iterations.min()),
+            n_saturated_voxels=saturated,
+            units="photoelectrons, rounded, saturating at 65535",
             # The backend changes float rounding, so it is part of what made these bytes.
-            "backend": info.backend,
-        }
+            backend=info.backend,
+        )
         written.append(datastore.write_marked_array(group / DECON_DATA, data, attrs, threads=threads).parent)
         progress(f"{tile} {round_} {name}: {info.max_iterations} iterations, {saturated} saturated voxels")
     return written

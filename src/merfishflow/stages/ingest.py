@@ -19,10 +19,11 @@ import numpy as np
 from ..io import datastore
 from ..image.correction import correct_counts, find_hot_pixels, neighbour_index, to_uint16
 from ..errors import InputError
-from ..io.naming import bit_name
-from ..io.paths import ExperimentPaths
+from ..io.metadata import Experiment, round_targets
+from ..io.naming import index_of
+from ..io.paths import CAMERA_DATA, CAMERA_NOISE_MAP, CORRECTED_DATA, ExperimentPaths
 
-ARRAYS = ("camera_data", "corrected_data")
+ARRAYS = (CAMERA_DATA, CORRECTED_DATA)
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,8 @@ def _open_tiff(path: Path, n_channels: int, shape_zyx):
     return tif
 
 
-def ingest_tile_round(experiment_dir, tile, round_, stage_zyx_um, params=CorrectionParams(), progress=print,
-                      slab_planes=8, threads=1):
+def run_ingest(experiment_dir, tile, round_, stage_zyx_um, params=CorrectionParams(), progress=print,
+               slab_planes=8, threads=1):
     """Ingest and correct one tile and round; markers are written last.
 
     Parameters
@@ -103,17 +104,15 @@ def ingest_tile_round(experiment_dir, tile, round_, stage_zyx_um, params=Correct
     """
     paths = ExperimentPaths(experiment_dir)
     calibration = datastore.read_marker(paths.calibrations)
-    noise = datastore.read_array(paths.calibrations, "camera_noise_map")
+    noise = datastore.read_array(paths.calibrations, CAMERA_NOISE_MAP)
+    experiment = Experiment.from_calibration(calibration)
     channels = calibration["channels"]
-    shape = tuple(calibration["image_shape_zyx"])
-    round_index = int(round_[len("round"):])
-    rounds = calibration["exp_order"]["rounds"]
+    shape = tuple(experiment.image_shape_zyx)
+    round_index = index_of(round_, "round")
+    rounds = experiment.exp_order
     if not 0 <= round_index < len(rounds):
         raise InputError(f"{round_}: exp_order.csv has rounds 0..{len(rounds) - 1}")
-    readout_channels = [i for i, c in enumerate(channels) if c["role"] == "readout"]
-    fiducial = next(i for i, c in enumerate(channels) if c["role"] == "fiducial")
-    targets = [(paths.fiducial_group(tile, round_), fiducial, None)]
-    targets += [(paths.readout_group(tile, bit_name(b)), c, b) for b, c in zip(rounds[round_index], readout_channels)]
+    targets = round_targets(paths, experiment, tile, round_)
 
     hot = find_hot_pixels(noise[0], params.hot_pixel_sigma, known=noise[2] > 0)
     hot_flat, neighbours = neighbour_index(hot, params.hot_pixel_radius)
@@ -132,9 +131,9 @@ def ingest_tile_round(experiment_dir, tile, round_, stage_zyx_um, params=Correct
                 datastore.create_group(group.parent)
         pending = []  # the previous slab's writes, finished while the next slab is read and corrected
         for group, channel, _ in targets:
-            camera = datastore.create_array(group / "camera_data", shape, np.uint16, threads=threads)
-            corrected = datastore.create_array(group / "corrected_data", shape, np.uint16, threads=threads)
-            for name in ARRAYS:
+            camera = datastore.create_array(group / CAMERA_DATA, shape, np.uint16, threads=threads)
+            corrected = datastore.create_array(group / CORRECTED_DATA, shape, np.uint16, threads=threads)
+            for name in (CAMERA_DATA, CORRECTED_DATA):
                 datastore.write_dimension_names(group / name, datastore.ZYX)
             saturated[group] = 0
             for z0 in range(0, z, slab_planes):
@@ -152,24 +151,19 @@ def ingest_tile_round(experiment_dir, tile, round_, stage_zyx_um, params=Correct
         for future in pending:
             future.result()
 
-    common = {
-        "stage": "ingest",
-        "software": datastore.software_versions(),
-        "parameters": params.to_dict(),
-        "inputs_sha256": {
-            # Pixels of the fiducial channel, then the readouts, planes in order.
-            "raw_pixels": pixel_digest.hexdigest(),
-            "calibrations": datastore.marker_digest(paths.calibrations),
-        },
-        "tile": tile,
-        "round": round_,
-        "stage_zyx_um": [float(v) for v in stage_zyx_um],
-        "voxel_size_zyx_um": calibration["voxel_size_zyx_um"],
-        "n_hot_pixels_replaced": int(len(hot_flat)),
-        "units": {"camera_data": "ADU", "corrected_data": "photoelectrons, rounded, saturating at 65535"},
-        "arrays": {name: {"shape": list(shape), "dtype": np.dtype(np.uint16).str, "chunks": [1, *shape[1:]]}
-                   for name in ARRAYS},
-    }
+    common = datastore.stage_record(
+        "ingest", params.to_dict(),
+        # Pixels of the fiducial channel, then the readouts, planes in order.
+        {"raw_pixels": pixel_digest.hexdigest(), "calibrations": datastore.marker_digest(paths.calibrations)},
+        tile=tile,
+        round=round_,
+        stage_zyx_um=[float(v) for v in stage_zyx_um],
+        voxel_size_zyx_um=calibration["voxel_size_zyx_um"],
+        n_hot_pixels_replaced=int(len(hot_flat)),
+        units={CAMERA_DATA: "ADU", CORRECTED_DATA: "photoelectrons, rounded, saturating at 65535"},
+        arrays={name: {"shape": list(shape), "dtype": np.dtype(np.uint16).str, "chunks": [1, *shape[1:]]}
+                for name in ARRAYS},
+    )
     # Readouts first: the fiducial marker, last, means the whole round is done.
     for group, channel, bit in reversed(targets):
         attrs = dict(common)

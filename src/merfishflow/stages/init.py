@@ -22,7 +22,7 @@ import numpy as np
 from ..io import datastore
 from ..errors import InputError
 from ..io.metadata import Experiment, load_experiment, read_measured_psf
-from ..io.paths import ExperimentPaths
+from ..io.paths import CAMERA_NOISE_MAP, PSF_DATA, ExperimentPaths
 from ..image.psf import psf_shape_zyx, widefield_psf
 
 NOISE_MAP_PLANES = ["offset_adu", "e_per_adu", "known_hot_pixel"]
@@ -144,20 +144,16 @@ def run_init(experiment_dir, progress=print) -> Path:
              f"{'dark frame' if experiment.dark_frame else 'scalar offset'}")
     psf = psf_stack(experiment, paths)
     progress(f"psf_data: {len(experiment.channels)} channels, support {psf.shape[1:]} voxels")
-    datastore.write_array(group / "camera_noise_map", noise, ("plane", "y", "x"))
-    datastore.write_array(group / "psf_data", psf, ("channel", "psf_z", "psf_y", "psf_x"))
+    datastore.write_array(group / CAMERA_NOISE_MAP, noise, ("plane", "y", "x"))
+    datastore.write_array(group / PSF_DATA, psf, ("channel", "psf_z", "psf_y", "psf_x"))
     hierarchy(paths)
     inputs = [paths.experiment_yaml, paths.codebook_csv, paths.exp_order_csv]
     inputs += [paths.raw_file(name, "camera file") for name in (experiment.dark_frame, experiment.hot_pixel_map)
                if name is not None]
     inputs += [paths.raw / c.psf for c in experiment.channels if c.psf is not None]
     attrs = calibration_attrs(experiment)
-    attrs.update({
-        "stage": "init",
-        "software": datastore.software_versions(),
-        "parameters": {},
-        "inputs_sha256": {str(p.relative_to(paths.root)): datastore.file_digest(p) for p in inputs},
-        "arrays": {"camera_noise_map": datastore.array_record(noise), "psf_data": datastore.array_record(psf)},
-    })
+    attrs.update(datastore.stage_record(
+        "init", {}, {str(p.relative_to(paths.root)): datastore.file_digest(p) for p in inputs},
+        arrays={CAMERA_NOISE_MAP: datastore.array_record(noise), PSF_DATA: datastore.array_record(psf)}))
     datastore.write_marker(group, attrs)
     return group

@@ -16,18 +16,17 @@ subgroup ``polyDT/<tile>/round0000.zarr/global_registration`` (docs/datastore.md
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..io import datastore
 from ..image.correction import to_uint16
+from ..io.metadata import Experiment, round_targets
 from ..io.naming import round_name
 from ..io.paths import DECON_DATA, FLOW_FIELD, REGISTERED_DATA, ExperimentPaths
 from ..image.registration import register_round
 from ..image.stitching import MIN_PAIR_SCORE, register_tiles
-from .deconvolve import round_groups
 
 FLOW_DOWNSAMPLE = (1, 3, 3)
 # Axis names (xarray): the displacement component, then the coarse grid (z is not coarsened).
@@ -74,7 +73,7 @@ def _registered(image):
     return data
 
 
-def register_tile(experiment_dir, tile, params=RegistrationParams(), progress=print, threads=1):
+def run_register_local(experiment_dir, tile, params=RegistrationParams(), progress=print, threads=1):
     """Register every round of one tile onto its round 0 and resample the readouts with their round.
 
     Returns
@@ -84,14 +83,14 @@ def register_tile(experiment_dir, tile, params=RegistrationParams(), progress=pr
     """
     paths = ExperimentPaths(experiment_dir)
     calibration = datastore.read_marker(paths.calibrations)
-    rounds = [round_name(r) for r in range(len(calibration["exp_order"]["rounds"]))]
+    experiment = Experiment.from_calibration(calibration)
+    rounds = experiment.rounds
     reference_path = paths.fiducial_array(tile, rounds[0], DECON_DATA)
     reference = datastore.read_marked_array(reference_path).astype(np.float32)
-    common = {"stage": "register_local", "software": datastore.software_versions(), "parameters": params.to_dict(),
-              "reference": str(reference_path.relative_to(paths.datastore))}
+    reference_name = str(reference_path.relative_to(paths.datastore))
     shifts = {}
     for round_ in rounds:
-        groups = round_groups(paths, calibration, tile, round_)
+        groups = [(group, channel) for group, channel, _ in round_targets(paths, experiment, tile, round_)]
         fiducial_decon = groups[0][0] / DECON_DATA
         if round_ == rounds[0]:
             registration, moving = None, reference
@@ -106,14 +105,13 @@ def register_tile(experiment_dir, tile, params=RegistrationParams(), progress=pr
             extra = _scores(registration)
             field = registration.field if registration.field is not None else np.zeros(
                 (3,) + tuple(-(-n // f) for n, f in zip(reference.shape, FLOW_DOWNSAMPLE)), np.float32)
-            datastore.write_marked_array(groups[0][0] / FLOW_FIELD, field.astype(np.float32), {
-                **common, "round": round_, "downsample_zyx": list(FLOW_DOWNSAMPLE), "meaning": FLOW_MEANING,
-                "shift_zyx_px": [float(v) for v in shift], "units": "full-resolution pixels",
-                "rms_px": _rms(field), **extra,
-                "candidate_rms_px": None if registration.rejected_field is None else _rms(registration.rejected_field),
-                "inputs_sha256": {"reference": datastore.marker_digest(reference_path),
-                                  "moving": datastore.marker_digest(fiducial_decon)},
-            }, threads=threads, dims=FLOW_DIMS)
+            datastore.write_marked_array(groups[0][0] / FLOW_FIELD, field.astype(np.float32), datastore.stage_record(
+                "register_local", params.to_dict(),
+                {"reference": datastore.marker_digest(reference_path), "moving": datastore.marker_digest(fiducial_decon)},
+                reference=reference_name, round=round_, downsample_zyx=list(FLOW_DOWNSAMPLE), meaning=FLOW_MEANING,
+                shift_zyx_px=[float(v) for v in shift], units="full-resolution pixels", rms_px=_rms(field), **extra,
+                candidate_rms_px=None if registration.rejected_field is None else _rms(registration.rejected_field),
+            ), threads=threads, dims=FLOW_DIMS)
         shifts[round_] = [float(v) for v in shift]
         progress(f"{tile} {round_}: shift {np.round(shift, 3).tolist()} px, "
                  + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
@@ -122,17 +120,17 @@ def register_tile(experiment_dir, tile, params=RegistrationParams(), progress=pr
             source = group / DECON_DATA
             image = moving if group == groups[0][0] else datastore.read_marked_array(source)
             out = image if registration is None else registration.apply(image)
-            datastore.write_marked_array(group / REGISTERED_DATA, _registered(out), {
-                **common, "round": round_, "shift_zyx_px": shifts[round_], **extra,
-                "flow_field": None if registration is None else
+            datastore.write_marked_array(group / REGISTERED_DATA, _registered(out), datastore.stage_record(
+                "register_local", params.to_dict(),
+                {"decon_data": datastore.marker_digest(source), "reference": datastore.marker_digest(reference_path)},
+                reference=reference_name, round=round_, shift_zyx_px=shifts[round_], **extra,
+                flow_field=None if registration is None else
                 str((groups[0][0] / FLOW_FIELD).relative_to(paths.datastore)),
-                "inputs_sha256": {"decon_data": datastore.marker_digest(source),
-                                  "reference": datastore.marker_digest(reference_path)},
-            }, threads=threads)
+            ), threads=threads)
     return shifts
 
 
-def register_experiment(experiment_dir, tiles, stage_positions_um, params=RegistrationParams(), progress=print):
+def run_register_global(experiment_dir, tiles, stage_positions_um, params=RegistrationParams(), progress=print):
     """Refine every tile's position from its overlaps and write each tile's ``global_registration``.
 
     Returns
@@ -143,7 +141,7 @@ def register_experiment(experiment_dir, tiles, stage_positions_um, params=Regist
     calibration = datastore.read_marker(paths.calibrations)
     voxel = calibration["voxel_size_zyx_um"]
     sources = [paths.fiducial_array(t, round_name(0), REGISTERED_DATA) for t in tiles]
-    digest = hashlib.sha256("".join(datastore.marker_digest(s) for s in sources).encode()).hexdigest()
+    digest = datastore.combined_digest(datastore.marker_digest(s) for s in sources)
     for tile in tiles:
         datastore.remove_marker(paths.global_registration(tile))
 
@@ -158,17 +156,16 @@ def register_experiment(experiment_dir, tiles, stage_positions_um, params=Regist
         group = datastore.create_group(paths.global_registration(tile))
         pairs = [{"tiles": [tiles[p.i], tiles[p.j]], "offset_zyx_um": [float(v) for v in p.offset_um],
                   "score": p.score, "used": p.used} for p in result.pairs if t in (p.i, p.j)]
-        datastore.write_marker(group, {
-            "stage": "register_global", "software": datastore.software_versions(), "parameters": params.to_dict(),
-            "inputs_sha256": {"round0_registered_fiducials": digest},
-            "tile": tile,
-            "affine_zyx_um": result.affine_zyx_um(t).tolist(),
-            "origin_zyx_um": [float(v) for v in result.origin_zyx_um[t]],
-            "spacing_zyx_um": [float(v) for v in result.spacing_zyx_um],
-            "stage_zyx_um": [float(v) for v in stage_positions_um[t]],
-            "meaning": "global um = affine_zyx_um @ [z*dz, y*dy, x*dx, 1] for voxel (z, y, x) of this tile's "
-                       "registered data; origin_zyx_um is where voxel (0, 0, 0) lies",
-            "pairs": pairs,
-            "residual_rms_um": result.residual_rms_um,
-        })
+        datastore.write_marker(group, datastore.stage_record(
+            "register_global", params.to_dict(), {"round0_registered_fiducials": digest},
+            tile=tile,
+            affine_zyx_um=result.affine_zyx_um(t).tolist(),
+            origin_zyx_um=[float(v) for v in result.origin_zyx_um[t]],
+            spacing_zyx_um=[float(v) for v in result.spacing_zyx_um],
+            stage_zyx_um=[float(v) for v in stage_positions_um[t]],
+            meaning="global um = affine_zyx_um @ [z*dz, y*dy, x*dx, 1] for voxel (z, y, x) of this tile's "
+                    "registered data; origin_zyx_um is where voxel (0, 0, 0) lies",
+            pairs=pairs,
+            residual_rms_um=result.residual_rms_um,
+        ))
     return result

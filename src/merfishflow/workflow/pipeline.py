@@ -10,21 +10,17 @@ parameters, because raw_data does not exist yet.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-import numpy as np
-
-from ..io.metadata import Experiment, load_experiment
-from ..io.naming import tile_name
+from ..io.metadata import Experiment, load_experiment, round_targets
 from .config import segmentation_options
 from ..io.paths import DECON_DATA, REGISTERED_DATA, ExperimentPaths, marker
+from .neighbours import tiles_near
+from .resources import JobResources
 from .status import stage_groups, target_file, tile_markers
 
 TILE_WILDCARD = "{tile}"
 WILDCARD_CONSTRAINTS = {"tile": r"tile\d{4}"}
-# Stage errors (µm) the neighbour search for a segmentation canvas allows for, on top of the band.
-STAGE_SLACK_UM = 5.0
 
 
 @dataclass(frozen=True)
@@ -109,15 +105,14 @@ class Pipeline:
 
     def ingest_markers(self, round_: str, tile: str = TILE_WILDCARD) -> list[str]:
         """Markers one ingest job writes: the round's fiducial group, then its readout bits."""
-        groups = [self.paths.fiducial_group(tile, round_)]
-        groups += [self.paths.readout_group(tile, bit) for bit, _ in self.experiment.bits_of_round(round_)]
-        return [str(marker(g)) for g in groups]
+        return [str(marker(g)) for g in self._round_groups(tile, round_)]
+
+    def _round_groups(self, tile: str, round_: str):
+        return [group for group, _, _ in round_targets(self.paths, self.experiment, tile, round_)]
 
     def decon_markers(self, round_: str, tile: str = TILE_WILDCARD) -> list[str]:
         """Markers one deconvolution job writes: the round's fiducial, then its readout bits."""
-        arrays = [self.paths.fiducial_array(tile, round_, DECON_DATA)]
-        arrays += [self.paths.readout_array(tile, bit, DECON_DATA) for bit, _ in self.experiment.bits_of_round(round_)]
-        return [str(marker(a)) for a in arrays]
+        return [str(marker(g / DECON_DATA)) for g in self._round_groups(tile, round_)]
 
     def all_decon_markers(self, tile: str = TILE_WILDCARD) -> list[str]:
         return [m for r in self.experiment.rounds for m in self.decon_markers(r, tile)]
@@ -180,22 +175,8 @@ class Pipeline:
         return segmentation_options(self.config["segmentation"])[1]
 
     def segment_context_tiles(self, tile: str) -> list[str]:
-        """Tiles whose images may fall in ``tile``'s segmentation canvas (itself included), in tile order.
-
-        By nominal stage positions, with the band grown by ``STAGE_SLACK_UM``
-        for stage errors that global registration corrects; a job reads only
-        these tiles' placements and fiducials, not the whole experiment's.
-        """
-        context_um = self.segment_context_um
-        if not context_um:
-            return [tile]
-        # Vectorized over tiles: this runs once per segment job when the DAG is built.
-        positions = np.asarray(self.experiment.stage_positions_um, dtype=np.float64)[:, 1:]
-        size = np.asarray(self.experiment.image_shape_zyx[1:]) * np.asarray(self.experiment.voxel_size_zyx_um[1:])
-        reach = context_um + STAGE_SLACK_UM
-        own = positions[int(tile[len("tile"):])]
-        near = np.all((positions < own + size + reach) & (positions + size > own - reach), axis=1)
-        return [tile_name(int(i)) for i in np.flatnonzero(near)]
+        """Tiles whose images may fall in ``tile``'s segmentation canvas (:func:`tiles_near`)."""
+        return tiles_near(self.experiment, tile, self.segment_context_um)
 
     def all_cell_masks(self) -> list[str]:
         return [self.cell_masks(t) for t in self.experiment.tiles]
@@ -203,7 +184,7 @@ class Pipeline:
     def assign_outputs(self) -> dict:
         files = {"spots": self.paths.assigned_spots, "csv": self.paths.assigned_spots_csv,
                  "cells": self.paths.cells_table}
-        files.update({name.split(".")[0]: path for name, path in self.paths.counts_files().items()})
+        files.update(self.paths.counts_files())
         return {k: str(v) for k, v in files.items()}
 
     # exports --------------------------------------------------------------------------------------
@@ -214,11 +195,10 @@ class Pipeline:
         return [str(marker(a)) for a in arrays] + [self.global_registration_marker(tile)]
 
     def export_tiff_pattern(self, kind: str) -> str:
-        suffix = ".ome.tif" if kind == "ome" else ".tif"
-        return str(self.paths.exports / f"{{tile}}_{{what}}{suffix}")
+        return str(self.paths.export_tiff(TILE_WILDCARD, "{what}", kind))
 
     def export_spacetx_pattern(self) -> str:
-        return str(self.paths.exports / "spacetx_{tile}" / "experiment.json")
+        return str(self.paths.export_spacetx(TILE_WILDCARD))
 
     def interop_inputs(self, tile: str = TILE_WILDCARD) -> list[str]:
         """What a tile's OME-Zarr view reads: the export inputs, round 0's corrected fiducial, its cells."""
@@ -239,7 +219,7 @@ class Pipeline:
 
     @property
     def export_codebook_path(self) -> str:
-        return str(self.paths.exports / "starfish_codebook.json")
+        return str(self.paths.export_codebook)
 
     def export_targets(self) -> list[str]:
         """What config ``exports`` asks for."""
@@ -297,84 +277,7 @@ class Pipeline:
     def stage_position(self, tile: str) -> list[float]:
         return self.experiment.stage_position(tile)
 
-    def ingest_mem_mb(self, attempt: int = 1) -> int:
-        """Memory of one ingest job: the interpreter plus a few slabs of one channel, doubled per retry."""
-        z, y, x = self.experiment.image_shape_zyx
-        slab_mb = min(self.config["ingest"]["slab_planes"], z) * y * x * 2 / 2**20
-        # Measured (benchmarks/RESULTS.md): ~60 MB of imports plus 13-17 slabs at the peak.
-        return int(math.ceil(600 + 20 * slab_mb)) * attempt
-
     @property
-    def _voxels(self) -> int:
-        z, y, x = self.experiment.image_shape_zyx
-        return z * y * x
-
-    def decon_mem_mb(self, attempt: int = 1) -> int:
-        """One channel at a time: uint16 in and out, the float32 estimate, and the per-block FFT buffers."""
-        from ..image.deconvolution import richardson_lucy_peak_bytes
-        from ..image.psf import psf_shape_zyx
-
-        longest = max(c.emission_um for c in self.experiment.channels)
-        psf_shape = psf_shape_zyx(self.experiment.voxel_size_zyx_um, longest, self.experiment.numerical_aperture)
-        settings = self.config["deconvolution"]
-        acceleration = None if settings.get("acceleration", "none") == "none" else settings["acceleration"]
-        blocks = richardson_lucy_peak_bytes(self.experiment.image_shape_zyx, psf_shape, settings["tile_yx"],
-                                            settings["overlap_yx"], acceleration=acceleration)
-        return int(math.ceil(600 + 1.2 * (blocks + 2 * self._voxels) / 2**20)) * attempt
-
-    def decon_runtime_min(self, attempt: int = 1) -> int:
-        """Channels of a round x voxels x iterations at 2 Mvoxel-iterations/s per core (benchmarks/RESULTS.md)."""
-        channels = len(self.experiment.channels)
-        work = channels * self._voxels * self.config["deconvolution"]["iterations"]
-        return int(math.ceil(5 + work / 2e6 / 60)) * attempt
-
-    def decode_mem_mb(self, attempt: int = 1) -> int:
-        """The whole tile of every bit in float32 if it is decoded whole, else a slab (with its z halo) a few
-        times over plus the refinement crop (merfishflow.spots.decoding, "Memory")."""
-        from ..spots.decoding import DecodingParams
-
-        params = DecodingParams(**self.config["decoding"])
-        z, y, x = self.experiment.image_shape_zyx
-        per_voxel = self.experiment.n_bits * 4
-        if self._voxels <= params.whole_tile_max_voxels:
-            held = 2 * self._voxels * per_voxel
-        else:
-            held = 4 * (min(z, params.slab_planes) + 6) * y * x * per_voxel + params.refine_max_voxels * per_voxel
-        return int(math.ceil(800 + held / 2**20)) * attempt
-
-    def decode_runtime_min(self, attempt: int = 1) -> int:
-        """Bits x voxels at 5 Mvoxel-bits/s (benchmarks/RESULTS.md)."""
-        return int(math.ceil(5 + self.experiment.n_bits * self._voxels / 5e6 / 60)) * attempt
-
-    def segment_mem_mb(self, attempt: int = 1) -> int:
-        """Bytes per voxel of the tile plus its neighbours' band, with some headroom (benchmarks/RESULTS.md,
-        segmentation): measured 13 when the cells are split on f x f bins (full-resolution smoothing, foreground
-        and labels, and the split's ~52 on 1/f^2 of the voxels), asked 16 + 56/f^2; measured 52 when they are
-        split at full resolution, asked 56."""
-        from ..cells.segmentation import SegmentationParams
-
-        fields = segmentation_options(self.config["segmentation"])[0]
-        z, y, x = self.experiment.image_shape_zyx
-        voxel_yx = self.experiment.voxel_size_zyx_um[1]
-        f = SegmentationParams.from_dict(fields).binning_factor(voxel_yx)
-        per_voxel = 56 if f == 1 else 16 + 56 / f**2
-        band = 2 * int(round(self.segment_context_um / voxel_yx))
-        return int(math.ceil(800 + per_voxel * z * (y + band) * (x + band) / 2**20)) * attempt
-
-    def register_mem_mb(self, attempt: int = 1) -> int:
-        """Reference, moving and resampled volumes in float32, plus ~5 complex64 copies of the rigid crop."""
-        z, y, x = self.experiment.image_shape_zyx
-        crop = self.config["registration"]["rigid_crop_yx"]
-        crop_voxels = z * min(y, crop or y) * min(x, crop or x)
-        return int(math.ceil(800 + (16 * self._voxels + 40 * crop_voxels) / 2**20)) * attempt
-
-    def register_runtime_min(self, attempt: int = 1) -> int:
-        """All rounds and bits of a tile at 1 Mvoxel/s per volume (benchmarks/RESULTS.md)."""
-        volumes = len(self.experiment.rounds) + self.experiment.n_bits
-        return int(math.ceil(5 + volumes * self._voxels / 1e6 / 60)) * attempt
-
-    def ingest_runtime_min(self, attempt: int = 1) -> int:
-        """Minutes for one ingest job: 20 MB/s worst case on a shared file system, plus start-up."""
-        raw_mb = self.experiment.raw_bytes_per_tile_round / 2**20
-        return int(math.ceil(5 + raw_mb / 20 / 60)) * attempt
-
+    def resources(self) -> "JobResources":
+        """Memory and runtime of every rule's jobs (:mod:`merfishflow.workflow.resources`)."""
+        return JobResources(self.experiment, self.config)

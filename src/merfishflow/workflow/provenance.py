@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..io.datastore import software_versions
 from ..io.fileio import write_text
+from ..io.paths import ExperimentPaths
 
 
 def git_commit(repository) -> str:
@@ -55,5 +56,5 @@ def record_run(experiment_dir, config: dict, workflow_dir) -> Path:
         "python": platform.python_version(),
         "config": config,
     }
-    path = Path(experiment_dir) / "logs" / "provenance" / f"run-{stamp}.json"
+    path = ExperimentPaths(experiment_dir).run_record(stamp)
     return write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")

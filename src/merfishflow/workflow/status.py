@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..io import datastore
 from ..io.fileio import canonical_json, write_text
-from ..io.metadata import Experiment
+from ..io.metadata import Experiment, round_targets
 from ..io.paths import DECON_DATA, FLOW_FIELD, REGISTERED_DATA, ExperimentPaths, marker
 
 DATASTORE_VERSION = 1
@@ -25,9 +25,9 @@ STAGES = ("init", "ingest", "deconvolve", "register_local", "register_global", "
 def tile_markers(experiment: Experiment, paths: ExperimentPaths, tile: str) -> dict:
     """``{stage: [marker folders]}`` that the per-tile stages write for one tile."""
     rounds, bits = experiment.rounds, experiment.bits
-    ingest = [paths.fiducial_group(tile, r) for r in rounds] + [paths.readout_group(tile, b) for b in bits]
-    decon = ([paths.fiducial_array(tile, r, DECON_DATA) for r in rounds]
-             + [paths.readout_array(tile, b, DECON_DATA) for b in bits])
+    # Round by round, fiducial then bits: the order the ingest and deconvolve jobs write them.
+    ingest = [group for r in rounds for group, _, _ in round_targets(paths, experiment, tile, r)]
+    decon = [g / DECON_DATA for g in ingest]
     local = ([paths.fiducial_array(tile, r, REGISTERED_DATA) for r in rounds]
              + [paths.fiducial_array(tile, r, FLOW_FIELD) for r in rounds[1:]]
              + [paths.readout_array(tile, b, REGISTERED_DATA) for b in bits])
@@ -49,7 +49,7 @@ def stage_groups(experiment: Experiment, paths: ExperimentPaths, *, simulated=No
     out["filter"] = {"experiment": [paths.filtered_spots, paths.filtered_spots_csv]}
     out["assign"] = {"experiment": [paths.assigned_spots, paths.assigned_spots_csv, paths.cells_table,
                                     *paths.counts_files().values()]}
-    if simulated or (simulated is None and (paths.ground_truth / "spots.parquet").is_file()):
+    if simulated or (simulated is None and paths.ground_truth_file("spots").is_file()):
         out["evaluate"] = {"experiment": [paths.evaluation_json]}
     return out
 
