@@ -25,6 +25,7 @@ include: "rules/decode.smk"
 include: "rules/cells.smk"
 include: "rules/export.smk"
 include: "rules/datastore.smk"
+include: "rules/report.smk"
 
 
 onstart:
@@ -51,6 +52,7 @@ onerror:
 rule all:
     input:
         PIPELINE.datastore_json,
+        PIPELINE.qc_report,
         ALL_STAGE_MARKERS,
         PIPELINE.export_targets(),
     default_target: True

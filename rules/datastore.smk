@@ -5,6 +5,8 @@ rule datastore:
     # Snakemake's planning time for a 1000-tile experiment (rule all lists them).
     input:
         PIPELINE.final_products(),
+        # After the report: a run that rewrites only the report must still put datastore.json back.
+        PIPELINE.qc_report,
     output:
         PIPELINE.datastore_json,
     params:

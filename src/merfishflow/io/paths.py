@@ -181,6 +181,11 @@ class ExperimentPaths:
                 ("matrix.mtx.gz", "barcodes.tsv.gz", "features.tsv.gz", "cell_by_gene.h5ad")}
 
     @property
+    def qc_report(self) -> Path:
+        """The self-contained HTML QC report (docs/outputs.md, "QC report")."""
+        return self.datastore / "report" / "qc_report.html"
+
+    @property
     def exports(self) -> Path:
         return self.datastore / "exports"
 

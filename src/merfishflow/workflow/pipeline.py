@@ -206,6 +206,10 @@ class Pipeline:
         files.update({name.split(".")[0]: path for name, path in self.paths.counts_files().items()})
         return {k: str(v) for k, v in files.items()}
 
+    @property
+    def qc_report(self) -> str:
+        return str(self.paths.qc_report)
+
     # exports --------------------------------------------------------------------------------------
     def export_inputs(self, tile: str = TILE_WILDCARD) -> list[str]:
         """Registered fiducials and readouts of a tile, and its placement."""

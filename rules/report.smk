@@ -1,0 +1,17 @@
+# The QC report: one self-contained HTML page per experiment, also listed in `snakemake --report`.
+rule qc_report:
+    """Write qi2labdatastore/report/qc_report.html: spots per gene and the FDR fit, registration,
+    spots on the images, tile layout, cells and provenance, read from the finished datastore."""
+    input:
+        PIPELINE.final_products(),
+    output:
+        report(PIPELINE.qc_report, caption="../report/qc_report.rst", category="Quality control"),
+    params:
+        tiles=PIPELINE.experiment.tiles,
+        config=config,
+    log:
+        PIPELINE.log("report", "qc_report"),
+    conda:
+        "../envs/merfishflow.yaml"
+    script:
+        "../scripts/qc_report.py"
