@@ -1,4 +1,5 @@
 # Validation, the one paths object, and input functions. No algorithm lives here.
+import os
 from pathlib import Path
 
 from merfishflow.workflow.config import validate_config
@@ -6,17 +7,22 @@ from merfishflow.workflow.provenance import record_run
 from merfishflow.workflow.status import restore_datastore_json, withdraw_datastore_json
 from merfishflow.workflow.pipeline import WILDCARD_CONSTRAINTS, Pipeline
 
+# envs/merfishflow.yaml installs the package from here (`--sdm conda`; see that file for why).
+os.environ["MERFISHFLOW_SOURCE"] = str(Path(workflow.basedir).resolve())
+
 config = validate_config(config, source="config", schema_path=Path(workflow.basedir) / "config" / "schema.yaml")
 # Raw files are checked once, by the main Snakemake process, not by every job.
 PIPELINE = Pipeline.from_config(config, check_files=workflow.is_main_process)
-# Every marker and product of every stage (~80 000 paths for 1000 tiles).
-ALL_STAGE_MARKERS = PIPELINE.all_stage_markers()
 # datastore.json, when onstart withdrew it (Snakefile).
 WITHDRAWN_SUMMARY = []
 
 
 wildcard_constraints:
     tile=WILDCARD_CONSTRAINTS["tile"],
+
+
+def stranded_stage_markers(wildcards):
+    return PIPELINE.stranded_stage_markers()
 
 
 def ingest_mem_mb(wildcards, attempt):

@@ -1,5 +1,6 @@
 # datastore.json: the manifest and the state of every stage, read from the markers.
 rule datastore:
+    """Summarize every stage's markers and the manifest into datastore.json."""
     # The final products depend on every other stage, so datastore.json is rewritten
     # whenever any marker is; listing those ~80 000 markers here too would double
     # Snakemake's planning time for a 1000-tile experiment (rule all lists them).

@@ -1,5 +1,6 @@
 # Exports made on request (config key exports): TIFF hyperstacks, SpaceTx tile sets, the starfish codebook.
 rule export_imagej:
+    """On request: a tile's registered images as an ImageJ TIFF hyperstack."""
     input:
         PIPELINE.export_inputs(),
     output:
@@ -15,6 +16,7 @@ rule export_imagej:
 
 
 rule export_ome:
+    """On request: a tile's registered images as an OME-TIFF."""
     input:
         PIPELINE.export_inputs(),
     output:
@@ -30,6 +32,7 @@ rule export_ome:
 
 
 rule export_spacetx:
+    """On request: a tile as a SpaceTx tile set (starfish's experiment.json)."""
     input:
         PIPELINE.export_inputs(),
     output:
@@ -43,6 +46,7 @@ rule export_spacetx:
 
 
 rule export_starfish_codebook:
+    """On request: the codebook in starfish's JSON format."""
     input:
         PIPELINE.calibrations_marker,
     output:

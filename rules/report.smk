@@ -1,7 +1,6 @@
 # The QC report: one self-contained HTML page per experiment, also listed in `snakemake --report`.
 rule qc_report:
-    """Write qi2labdatastore/report/qc_report.html: spots per gene and the FDR fit, registration,
-    spots on the images, tile layout, cells and provenance, read from the finished datastore."""
+    """Write the QC report (report/qc_report.html): spots, FDR fit, registration, layout, cells, provenance."""
     input:
         PIPELINE.final_products(),
     output:
