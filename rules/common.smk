@@ -1,14 +1,13 @@
 # Validation, the one paths object, and input functions. No algorithm lives here.
-import os
 from pathlib import Path
 
 from merfishflow.workflow.config import validate_config
 from merfishflow.workflow.provenance import record_run
 from merfishflow.workflow.status import restore_datastore_json, withdraw_datastore_json
-from merfishflow.workflow.pipeline import WILDCARD_CONSTRAINTS, Pipeline
+from merfishflow.workflow.pipeline import WILDCARD_CONSTRAINTS, Pipeline, export_conda_source
 
-# envs/merfishflow.yaml installs the package from here (`--sdm conda`; see that file for why).
-os.environ["MERFISHFLOW_SOURCE"] = str(Path(workflow.basedir).resolve())
+# envs/merfishflow.yaml installs the package from here (`--sdm conda`).
+export_conda_source(workflow.basedir)
 
 config = validate_config(config, source="config", schema_path=Path(workflow.basedir) / "config" / "schema.yaml")
 # Raw files are checked once, by the main Snakemake process, not by every job.

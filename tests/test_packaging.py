@@ -57,6 +57,7 @@ def test_conda_env_pins_the_locked_versions_and_installs_the_package_from_the_wo
     # Conda hands the pip section to pip as a requirements file in a folder of its own; pip expands
     # ${MERFISHFLOW_SOURCE}, which rules/common.smk sets to the workflow's folder.
     source_lines = [line for line in pip_lines if "${MERFISHFLOW_SOURCE}" in line]
+    assert len(source_lines) == len([line for line in pip_lines if "$" in line or "/" in line or ".." in line])
     assert any(line.startswith("-e ") for line in source_lines)
     requirements = tmp_path / "elsewhere" / "condaenv.requirements.txt"
     requirements.parent.mkdir()
@@ -69,9 +70,12 @@ def test_conda_env_pins_the_locked_versions_and_installs_the_package_from_the_wo
     assert f"Obtaining {REPO.as_uri()} (from -r {requirements}" in result.stdout, result.stdout + result.stderr
 
 
-def test_common_smk_points_the_conda_env_at_the_workflow():
-    assert 'os.environ["MERFISHFLOW_SOURCE"] = str(Path(workflow.basedir).resolve())' in (
-        REPO / "rules" / "common.smk").read_text()
+def test_common_smk_points_the_conda_env_at_the_workflow(monkeypatch):
+    from merfishflow.workflow.pipeline import CONDA_SOURCE_VARIABLE, export_conda_source
+
+    monkeypatch.delenv(CONDA_SOURCE_VARIABLE, raising=False)
+    assert "export_conda_source(workflow.basedir)" in (REPO / "rules" / "common.smk").read_text()
+    assert export_conda_source(REPO / "rules" / "..") == str(REPO) == os.environ[CONDA_SOURCE_VARIABLE]
 
 
 def test_every_rule_has_a_description():

@@ -11,7 +11,9 @@ parameters, because raw_data does not exist yet.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -25,6 +27,18 @@ TILE_WILDCARD = "{tile}"
 WILDCARD_CONSTRAINTS = {"tile": r"tile\d{4}"}
 # Stage errors (µm) the neighbour search for a segmentation canvas allows for, on top of the band.
 STAGE_SLACK_UM = 5.0
+
+
+# envs/merfishflow.yaml installs the package from this variable's folder (pip expands it): Snakemake
+# copies the env file into .snakemake/conda/ first, so a path relative to the file would point there.
+CONDA_SOURCE_VARIABLE = "MERFISHFLOW_SOURCE"
+
+
+def export_conda_source(workflow_dir) -> str:
+    """Point ``envs/merfishflow.yaml`` (``--sdm conda``) at this workflow's folder; returns that folder."""
+    folder = str(Path(workflow_dir).resolve())
+    os.environ[CONDA_SOURCE_VARIABLE] = folder
+    return folder
 
 
 @dataclass(frozen=True)
