@@ -57,3 +57,31 @@ rule export_starfish_codebook:
         "../envs/merfishflow.yaml"
     script:
         "../scripts/export_codebook.py"
+
+
+rule export_ome_zarr:
+    input:
+        PIPELINE.interop_inputs(),
+    output:
+        PIPELINE.export_ome_zarr_pattern(),
+    params:
+        pyramid_max_px=PIPELINE.config["exports"]["pyramid_max_px"],
+    log:
+        PIPELINE.log("export", "{tile}_ome_zarr"),
+    conda:
+        "../envs/merfishflow.yaml"
+    script:
+        "../scripts/export_ome_zarr.py"
+
+
+rule export_spatialdata:
+    input:
+        PIPELINE.spatialdata_inputs(),
+    output:
+        directory(PIPELINE.export_spatialdata_path),
+    log:
+        PIPELINE.log("export", "spatialdata"),
+    conda:
+        "../envs/merfishflow.yaml"
+    script:
+        "../scripts/export_spatialdata.py"

@@ -7,7 +7,6 @@ rule qc_report:
         report(PIPELINE.qc_report, caption="../report/qc_report.rst", category="Quality control"),
     params:
         tiles=PIPELINE.experiment.tiles,
-        config=config,
     log:
         PIPELINE.log("report", "qc_report"),
     conda:

@@ -5,7 +5,7 @@ from merfishflow.workflow.jobs import run_job
 
 
 def main(smk, progress):
-    write_qc_report(experiment_of(smk.output[0]), smk.params.tiles, dict(smk.params.config), progress=progress)
+    write_qc_report(experiment_of(smk.output[0]), smk.params.tiles, progress=progress)
 
 
 run_job(snakemake, main)  # noqa: F821 (injected by Snakemake)

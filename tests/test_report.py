@@ -13,6 +13,7 @@ import pytest
 from conftest import run_snakemake
 from merfishflow.io import datastore
 from merfishflow.io.paths import FLOW_FIELD, REGISTERED_DATA, ExperimentPaths
+from merfishflow.io.reader import Datastore
 from merfishflow.report import data, plots
 from merfishflow.report.qc import build_report
 from merfishflow.stages.report import write_qc_report
@@ -44,11 +45,7 @@ def test_report_is_byte_identical_for_the_same_datastore(demo_run, tmp_path):
     copy = tmp_path / "experiment"
     shutil.copytree(experiment_dir, copy)
     ExperimentPaths(copy).qc_report.unlink()
-    from merfishflow.workflow.config import validate_config
-    import yaml
-
-    config = validate_config(yaml.safe_load((experiment_dir.parent / "config.yaml").read_text()), source="config")
-    write_qc_report(copy, ["tile0000", "tile0001"], config, progress=lambda message: None)
+    write_qc_report(copy, ["tile0000", "tile0001"], progress=lambda message: None)
     assert ExperimentPaths(copy).qc_report.read_bytes() == made_by_the_run
 
 
@@ -91,8 +88,8 @@ def test_report_renders_in_headless_chromium(demo_run, tmp_path):
 
 def test_registration_table_shows_recorded_flow_decisions_and_scores(tmp_path):
     paths = ExperimentPaths(tmp_path)
-    manifest = data.Manifest(tiles=("tile0000",), rounds=("round0000", "round0001", "round0002"),
-                             gene_ids=("g1",), voxel_size_zyx_um=(0.3, 0.1, 0.1), calibration={})
+    datastore.create_group(paths.calibrations)
+    datastore.write_marker(paths.calibrations, {"exp_order": {"rounds": [[1], [2], [3]]}})
     records = {"round0000": {"shift_zyx_px": [0, 0, 0], "flow_field": None, "ncc_before": 1.0},
                "round0001": {"shift_zyx_px": [1.0, -2.0, 0.5], "flow_field": "x", "ncc_after": 0.9,
                              "flow_accepted": False, "flow_score_gain": -0.01},
@@ -102,7 +99,7 @@ def test_registration_table_shows_recorded_flow_decisions_and_scores(tmp_path):
         datastore.write_marker(paths.fiducial_array("tile0000", round_, REGISTERED_DATA), attrs)
     datastore.create_group(paths.fiducial_array("tile0000", "round0002", FLOW_FIELD))
     datastore.write_marker(paths.fiducial_array("tile0000", "round0002", FLOW_FIELD), {"rms_px": [0.0, 0.3, 0.4]})
-    table = data.read_registration(paths, manifest).set_index("round")
+    table = data.read_registration(Datastore(tmp_path), ["tile0000"]).set_index("round")
     assert table.loc["round0000", "field_kept"] is None
     assert table.loc["round0001", "field_kept"] is np.False_ or table.loc["round0001", "field_kept"] is False
     assert bool(table.loc["round0002", "field_kept"]) is True
@@ -131,7 +128,10 @@ def test_fdr_fit_figure_is_deterministic_and_dateless():
 
 
 def test_report_of_an_unfinished_datastore_names_what_is_missing(tmp_path):
-    from merfishflow.errors import IncompleteDataError
+    from merfishflow.errors import IncompleteDataError, InputError
 
+    with pytest.raises(InputError, match="no qi2labdatastore"):
+        build_report(tmp_path, ["tile0000"])
+    ExperimentPaths(tmp_path).datastore.mkdir()
     with pytest.raises(IncompleteDataError, match="calibrations.zarr"):
         build_report(tmp_path, ["tile0000"])

@@ -189,6 +189,14 @@ class ExperimentPaths:
     def exports(self) -> Path:
         return self.datastore / "exports"
 
+    def ome_zarr_view(self, tile: str) -> Path:
+        """A tile's OME-Zarr image group (registered rounds and bits, corrected fiducial, cell labels)."""
+        return self.exports / "ome_zarr" / f"{tile}.ome.zarr"
+
+    @property
+    def spatialdata_store(self) -> Path:
+        return self.exports / "experiment.spatialdata.zarr"
+
     @property
     def provenance(self) -> Path:
         return self.datastore / "provenance"

@@ -4,7 +4,7 @@ Sections: spots per gene against blanks and the FDR filter's fit; local
 registration per tile and round (rigid shift, scores, whether the
 deformation field was kept); decoded spots over each tile's projection; the
 tile layout at the registered global positions; cell sizes and counts per
-cell; provenance (software, parameters, config). Only what the datastore
+cell; provenance (software and parameters each stage recorded). Only what the datastore
 records is shown, and nothing time- or host-dependent, so the same datastore
 gives the same bytes (the run records with time and host stay in
 ``logs/provenance/``).
@@ -15,26 +15,27 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..io.paths import ExperimentPaths
+from ..io.reader import Datastore
 from html import escape
 
 from . import data, document, plots
 
 
-def spot_section(paths, manifest) -> str:
-    decoded = data.read_decoded_spots(paths, manifest.tiles)
-    filtered, report = data.read_filtered_spots(paths)
+def spot_section(ds, tiles) -> str:
+    decoded = data.read_decoded_spots(ds, tiles)
+    filtered, report = data.read_filtered_spots(ds)
+    genes = data.gene_ids(ds)
     is_blank = decoded["is_blank"].to_numpy(bool)
-    n_blank_codes = sum(g.startswith(data.BLANK_PREFIX) for g in manifest.gene_ids)
+    n_blank_codes = sum(g.startswith(data.BLANK_PREFIX) for g in genes)
     summary = [("decoded spots (all tiles)", len(decoded)), ("of which blank", int(is_blank.sum())),
-               ("codewords: genes / blanks", f"{len(manifest.gene_ids) - n_blank_codes} / {n_blank_codes}"),
+               ("codewords: genes / blanks", f"{len(genes) - n_blank_codes} / {n_blank_codes}"),
                ("kept by the FDR filter", report.get("n_kept")),
                ("estimated FDR of the kept spots", report.get("estimated_fdr")),
                ("target FDR", report.get("target_fdr")),
                ("overlap duplicates removed", report.get("n_overlap_duplicates")),
                ("final spots (blank)", f"{len(filtered)} ({int(filtered['is_blank'].sum())})")]
     body = [document.key_values(summary),
-            document.figure(plots.spots_per_gene(decoded, filtered, list(manifest.gene_ids)), "spots per gene")]
+            document.figure(plots.spots_per_gene(decoded, filtered, genes), "spots per gene")]
     p_blank = data.blank_probability(decoded, report.get("model", {}))
     if p_blank is None:
         reason = report.get("model", {}).get("reason", "no model recorded")
@@ -48,8 +49,8 @@ def spot_section(paths, manifest) -> str:
     return "".join(body)
 
 
-def registration_section(paths, manifest) -> str:
-    table = data.read_registration(paths, manifest)
+def registration_section(ds, tiles) -> str:
+    table = data.read_registration(ds, tiles)
     if table.empty:
         return '<p class="note">No local registration markers.</p>'
     shown = table.copy()
@@ -59,20 +60,21 @@ def registration_section(paths, manifest) -> str:
     return note + document.figure(plots.registration(table), "registration") + document.table(shown, ("tile", "round"))
 
 
-def projection_section(paths, manifest, spots) -> str:
+def projection_section(ds, tiles, spots) -> str:
     parts = []
-    for tile in manifest.tiles:
-        projection = data.read_projection(paths, tile, manifest.rounds[0])
+    genes = data.gene_ids(ds)
+    for tile in tiles:
+        projection = data.read_projection(ds, tile)
         tile_spots = spots[spots["tile"] == int(tile[len("tile"):])]
-        parts.append(document.figure(plots.spots_on_projection(projection, tile_spots, tile, manifest.gene_ids),
+        parts.append(document.figure(plots.spots_on_projection(projection, tile_spots, tile, genes),
                                  f"{tile} spots"))
     note = ('<p class="note">Maximum projection along z of the registered round-0 fiducial, with the filtered '
             "spots (circles coloured by gene; blanks as red crosses).</p>")
     return note + "".join(parts)
 
 
-def layout_section(paths, manifest, spots) -> str:
-    placements = data.read_placements(paths, manifest)
+def layout_section(ds, tiles, spots) -> str:
+    placements = data.read_placements(ds, tiles)
     if placements.empty:
         return '<p class="note">No global registration markers.</p>'
     pairs = {}
@@ -92,8 +94,8 @@ def layout_section(paths, manifest, spots) -> str:
     return "".join(body)
 
 
-def cell_section(paths, spots) -> str:
-    cells = data.read_cells(paths)
+def cell_section(ds, spots) -> str:
+    cells = data.read_cells(ds)
     if cells.empty or "cell_id" not in spots:
         return '<p class="note">No cells (assignment has not run, or no cell was found).</p>'
     genes = spots[~spots["is_blank"].to_numpy(bool)]
@@ -106,12 +108,12 @@ def cell_section(paths, spots) -> str:
     return document.key_values(summary) + document.figure(plots.cell_summary(cells, per_cell), "cells")
 
 
-def provenance_section(paths, manifest, config) -> str:
-    records = data.read_stage_records(paths, manifest)
+def provenance_section(ds, tiles) -> str:
+    records = data.read_stage_records(ds, tiles)
     software = sorted({(k, v) for r in records for k, v in r["software"].items()})
     body = ["<h3>Software recorded by the stages</h3>",
             document.table(pd.DataFrame(software, columns=["package", "version"]), ("package", "version"))]
-    evaluation = data.read_evaluation(paths)
+    evaluation = data.read_evaluation(ds)
     if evaluation is not None:
         overall = evaluation.get("overall", {})
         body += ["<h3>Against the simulator's truth</h3>",
@@ -119,39 +121,36 @@ def provenance_section(paths, manifest, config) -> str:
                                                               "n_molecules")])]
     body.append("<h3>Parameters recorded by each stage</h3>")
     body += [f"<h4>{r['stage']}</h4>{document.preformatted(r['parameters'])}" for r in records if r["parameters"]]
-    if config is not None:
-        body += ["<h3>Config of the run</h3>", document.preformatted(config)]
     body.append('<p class="note">When and where each run happened, its command and the pipeline\'s git commit '
                 "are in logs/provenance/run-*.json (left out here so the report depends on the data only).</p>")
     return "".join(body)
 
 
-def build_report(experiment_dir, tiles, config=None, progress=None) -> str:
+def build_report(experiment_dir, tiles=None, progress=None) -> str:
     """The report's HTML text.
 
     Parameters
     ----------
     experiment_dir : str or Path
-    tiles : sequence of str
-        The experiment's tiles (``tile0000`` ...).
-    config : dict, optional
-        The run's validated config, shown in the provenance section.
+        The experiment folder (or its ``qi2labdatastore/``).
+    tiles : sequence of str, optional
+        The tiles to show (``tile0000`` ...); default: every tile in the datastore.
     progress : callable, optional
     """
-    paths = ExperimentPaths(experiment_dir)
-    manifest = data.read_manifest(paths, tiles)
-    spots, _ = data.read_filtered_spots(paths)
+    ds = Datastore(experiment_dir)
+    tiles = list(ds.tiles if tiles is None else tiles)
+    spots, _ = data.read_filtered_spots(ds)
     sections = []
     for anchor, heading, build in (
-        ("spots", "Spots per gene and the FDR filter", lambda: spot_section(paths, manifest)),
-        ("registration", "Local registration", lambda: registration_section(paths, manifest)),
-        ("projections", "Decoded spots on the images", lambda: projection_section(paths, manifest, spots)),
-        ("layout", "Tile layout", lambda: layout_section(paths, manifest, spots)),
-        ("cells", "Cells", lambda: cell_section(paths, spots)),
-        ("provenance", "Provenance", lambda: provenance_section(paths, manifest, config)),
+        ("spots", "Spots per gene and the FDR filter", lambda: spot_section(ds, tiles)),
+        ("registration", "Local registration", lambda: registration_section(ds, tiles)),
+        ("projections", "Decoded spots on the images", lambda: projection_section(ds, tiles, spots)),
+        ("layout", "Tile layout", lambda: layout_section(ds, tiles, spots)),
+        ("cells", "Cells", lambda: cell_section(ds, spots)),
+        ("provenance", "Provenance", lambda: provenance_section(ds, tiles)),
     ):
         if progress is not None:
             progress(f"report: {heading}")
         sections.append((anchor, heading, build()))
-    title = f"merfishflow QC report: {paths.root.name} ({len(tiles)} tiles, {len(manifest.rounds)} rounds)"
+    title = f"merfishflow QC report: {ds.paths.root.name} ({len(tiles)} tiles, {len(ds.rounds)} rounds)"
     return document.page(title, sections)

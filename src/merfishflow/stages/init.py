@@ -99,6 +99,13 @@ def calibration_attrs(experiment: Experiment) -> dict:
     }
 
 
+def hierarchy(paths: ExperimentPaths) -> None:
+    """``.zgroup`` files above the round groups, so that ``zarr.open_group`` browses the datastore as one
+    hierarchy (init owns these; each tile folder's is its round-0 ingest job's)."""
+    for folder in (paths.datastore, paths.datastore / "polyDT", paths.datastore / "readouts"):
+        datastore.create_group(folder)
+
+
 def run_init(experiment_dir, progress=print) -> Path:
     """Validate raw_data metadata and write ``calibrations.zarr`` (marker last).
 
@@ -122,8 +129,9 @@ def run_init(experiment_dir, progress=print) -> Path:
              f"{'dark frame' if experiment.dark_frame else 'scalar offset'}")
     psf = psf_stack(experiment)
     progress(f"psf_data: {len(experiment.channels)} channels, support {psf.shape[1:]} voxels")
-    datastore.write_array(group / "camera_noise_map", noise)
-    datastore.write_array(group / "psf_data", psf)
+    datastore.write_array(group / "camera_noise_map", noise, ("plane", "y", "x"))
+    datastore.write_array(group / "psf_data", psf, ("channel", "psf_z", "psf_y", "psf_x"))
+    hierarchy(paths)
     inputs = [paths.experiment_yaml, paths.codebook_csv, paths.exp_order_csv]
     inputs += [paths.raw_file(name, "camera file") for name in (experiment.dark_frame, experiment.hot_pixel_map)
                if name is not None]

@@ -29,6 +29,8 @@ from ..image.stitching import MIN_PAIR_SCORE, register_tiles
 from .deconvolve import round_groups
 
 FLOW_DOWNSAMPLE = (1, 3, 3)
+# Axis names (xarray): the displacement component, then the coarse grid (z is not coarsened).
+FLOW_DIMS = ("zyx", "z", "y_coarse", "x_coarse")
 FLOW_MEANING = (
     "float32 (3, Z, ceil(Y/3), ceil(X/3)): z, y, x displacement in full-resolution pixels of the non-rigid "
     "remainder after the rigid shift. Coarse sample (k, j, i) sits at full-resolution voxel "
@@ -96,7 +98,7 @@ def register_tile(experiment_dir, tile, params=RegistrationParams(), progress=pr
                 "rms_px": [float(v) for v in np.sqrt(np.mean(field.astype(np.float64) ** 2, axis=(1, 2, 3)))],
                 "inputs_sha256": {"reference": datastore.marker_digest(reference_path),
                                   "moving": datastore.marker_digest(fiducial_decon)},
-            }, threads=threads)
+            }, threads=threads, dims=FLOW_DIMS)
         shifts[round_] = [float(v) for v in shift]
         progress(f"{tile} {round_}: shift {np.round(shift, 3).tolist()} px, "
                  + ", ".join(f"{k} {v:.3f}" for k, v in extra.items() if v is not None))

@@ -2,7 +2,8 @@
 
 Reads what the other stages wrote (:mod:`merfishflow.report`) and writes one
 self-contained HTML page, atomically; the same datastore and config give the
-same bytes.
+same bytes; it depends on the datastore only, not on the config (a new export
+does not rewrite it).
 """
 
 from __future__ import annotations
@@ -14,21 +15,17 @@ from ..io.paths import ExperimentPaths
 from ..report.qc import build_report
 
 
-def write_qc_report(experiment_dir, tiles, config=None, progress=print) -> Path:
+def write_qc_report(experiment_dir, tiles, progress=print) -> Path:
     """Build the QC report of a finished experiment and write it; returns its path.
 
     Parameters
     ----------
     experiment_dir : str or Path
     tiles : sequence of str
-    config : dict, optional
-        The run's validated config, shown in the provenance section
-        (``experiment_dir`` left out: where the data lies is not a property of the data).
     progress : callable
     """
     paths = ExperimentPaths(experiment_dir)
-    shown = None if config is None else {k: v for k, v in config.items() if k != "experiment_dir"}
-    text = build_report(experiment_dir, list(tiles), shown, progress=progress)
+    text = build_report(experiment_dir, list(tiles), progress=progress)
     paths.qc_report.parent.mkdir(parents=True, exist_ok=True)
     path = write_text(paths.qc_report, text)
     progress(f"wrote {path} ({len(text.encode()) / 1e6:.1f} MB)")

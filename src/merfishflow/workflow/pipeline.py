@@ -238,6 +238,23 @@ class Pipeline:
     def export_spacetx_pattern(self) -> str:
         return str(self.paths.exports / "spacetx_{tile}" / "experiment.json")
 
+    def interop_inputs(self, tile: str = TILE_WILDCARD) -> list[str]:
+        """What a tile's OME-Zarr view reads: the export inputs, round 0's corrected fiducial, its cells."""
+        return (self.export_inputs(tile) + [str(marker(self.paths.fiducial_group(tile, self.experiment.rounds[0])))]
+                + [self.assign_outputs()["cells"], str(self.paths.cell_masks(tile))])
+
+    def spatialdata_inputs(self) -> list[str]:
+        inputs = [path for tile in self.experiment.tiles for path in self.interop_inputs(tile)]
+        inputs += [self.assign_outputs()["spots"], self.assign_outputs()["cell_by_gene"]]
+        return list(dict.fromkeys(inputs))
+
+    def export_ome_zarr_pattern(self) -> str:
+        return str(marker(self.paths.ome_zarr_view(TILE_WILDCARD)))
+
+    @property
+    def export_spatialdata_path(self) -> str:
+        return str(self.paths.spatialdata_store)
+
     @property
     def export_codebook_path(self) -> str:
         return str(self.paths.exports / "starfish_codebook.json")
@@ -257,6 +274,17 @@ class Pipeline:
                 out.append(self.export_tiff_pattern(kind).format(tile=tile, what=settings["what"]))
             if settings["spacetx"]:
                 out.append(self.export_spacetx_pattern().format(tile=tile))
+            if settings["ome_zarr"]:
+                out.append(self.export_ome_zarr_pattern().format(tile=tile))
+        if settings["spatialdata"]:
+            import importlib.util
+
+            if importlib.util.find_spec("spatialdata") is None:
+                from ..errors import InputError
+
+                raise InputError("config: exports.spatialdata is true but the 'spatialdata' package is not "
+                                 "installed; pip install 'merfishflow[spatialdata]' or set it to false")
+            out.append(self.export_spatialdata_path)
         if settings["starfish_codebook"]:
             out.append(self.export_codebook_path)
         return out
