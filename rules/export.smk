@@ -60,6 +60,7 @@ rule export_starfish_codebook:
 
 
 rule export_ome_zarr:
+    """On request: a tile's registered images as an OME-Zarr image with a pyramid."""
     input:
         PIPELINE.interop_inputs(),
     output:
@@ -75,6 +76,7 @@ rule export_ome_zarr:
 
 
 rule export_spatialdata:
+    """On request: the experiment as a SpatialData store (images, spots, cells, counts)."""
     input:
         PIPELINE.spatialdata_inputs(),
     output:

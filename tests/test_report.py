@@ -30,7 +30,7 @@ def test_default_target_writes_a_self_contained_report(demo_run):
         assert f">{heading}</h2>" in text
     # A figure for spots, registration, layout and cells, one per tile on the projections, and the
     # FDR fit when the filter fitted a model (not when no blank was decoded).
-    fitted = data.spot_table_metadata(ExperimentPaths(experiment_dir).filtered_spots)["report"]["model"]["fitted"]
+    fitted = Datastore(experiment_dir).spot_metadata("filtered")["report"]["model"]["fitted"]
     assert text.count('src="data:image/svg+xml;base64,') == 4 + 2 + int(fitted)
     assert ("The FDR filter fitted no model" in text) != fitted
     lowered = text.lower()
@@ -89,8 +89,10 @@ def test_report_renders_in_headless_chromium(demo_run, tmp_path):
 def test_registration_table_shows_recorded_flow_decisions_and_scores(tmp_path):
     paths = ExperimentPaths(tmp_path)
     datastore.create_group(paths.calibrations)
-    datastore.write_marker(paths.calibrations, {"exp_order": {"rounds": [[1], [2], [3]]}})
+    datastore.write_marker(paths.calibrations, {"exp_order": {"rounds": [[1], [2], [3], [4], [5]]}})
     records = {"round0000": {"shift_zyx_px": [0, 0, 0], "flow_field": None, "ncc_before": 1.0},
+               "round0003": {"shift_zyx_px": [0, 0, 0], "flow_field": "x", "ncc_flow": 0.8, "flow_decision": "rejected"},
+               "round0004": {"shift_zyx_px": [0, 0, 0], "flow_field": "x", "flow_decision": "accepted unconditionally"},
                "round0001": {"shift_zyx_px": [1.0, -2.0, 0.5], "flow_field": "x", "ncc_after": 0.9,
                              "flow_accepted": False, "flow_score_gain": -0.01},
                "round0002": {"shift_zyx_px": [0.0, 1.5, 0.0], "flow_field": "x", "ncc_after": 0.95}}
@@ -106,6 +108,8 @@ def test_registration_table_shows_recorded_flow_decisions_and_scores(tmp_path):
     assert table.loc["round0002", "field_rms_px"] == pytest.approx(0.5)
     assert table.loc["round0001", "flow_score_gain"] == -0.01
     assert table.loc["round0001", "shift_y_px"] == -2.0
+    assert not table.loc["round0003", "field_kept"] and table.loc["round0003", "flow_decision"] == "rejected"
+    assert table.loc["round0004", "field_kept"]
     svg = plots.registration(table.reset_index())
     assert svg.startswith("<?xml") and svg == plots.registration(table.reset_index())
 
@@ -128,10 +132,10 @@ def test_fdr_fit_figure_is_deterministic_and_dateless():
 
 
 def test_report_of_an_unfinished_datastore_names_what_is_missing(tmp_path):
-    from merfishflow.errors import IncompleteDataError, InputError
+    from merfishflow.errors import InputError
 
     with pytest.raises(InputError, match="no qi2labdatastore"):
         build_report(tmp_path, ["tile0000"])
     ExperimentPaths(tmp_path).datastore.mkdir()
-    with pytest.raises(IncompleteDataError, match="calibrations.zarr"):
+    with pytest.raises(InputError, match="all_tiles_filtered.parquet: not written yet"):
         build_report(tmp_path, ["tile0000"])

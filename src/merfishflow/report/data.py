@@ -99,12 +99,20 @@ def read_registration(ds: Datastore, tiles) -> pd.DataFrame:
 
 
 def _is_scalar(value) -> bool:
-    return isinstance(value, (bool, int, float)) or value is None
+    return isinstance(value, (bool, int, float, str)) or value is None
 
 
 def _flow_decision(attrs: dict):
-    """An explicit keep/reject decision for the deformation field, if the marker records one."""
-    for key in ("flow_accepted", "flow_kept", "field_kept", "flow_applied", "optical_flow_accepted"):
+    """Whether the marker says the deformation field was kept (None when it records no decision).
+
+    The register stage records ``flow_decision``: ``accepted``, ``accepted
+    unconditionally``, ``rejected`` or ``not computed``; a boolean under one
+    of the other names is read too.
+    """
+    decision = attrs.get("flow_decision")
+    if isinstance(decision, str):
+        return decision.startswith("accepted")
+    for key in ("flow_accepted", "flow_kept", "field_kept", "flow_applied"):
         if isinstance(attrs.get(key), bool):
             return attrs[key]
     return None
