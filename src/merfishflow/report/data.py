@@ -22,7 +22,8 @@ from ..spots.filtering import FEATURES
 BLANK_PREFIX = "Blank-"
 # Keys of a register marker that the registration table shows in its own columns (or never).
 _REGISTER_SKIPPED = {"complete", "software", "parameters", "inputs_sha256", "stage", "round", "reference",
-                     "shift_zyx_px", "flow_field", "meaning", "units", "downsample_zyx"}
+                     "shift_zyx_px", "flow_field", "meaning", "units", "downsample_zyx", "dtype", "shape",
+                     "chunks", "_ARRAY_DIMENSIONS"}
 
 
 def gene_ids(ds: Datastore) -> list[str]:

@@ -106,6 +106,8 @@ def fdr_fit(p_blank: np.ndarray, is_blank: np.ndarray, report: dict) -> str:
 
 def registration(table: pd.DataFrame) -> str:
     """Per tile: the rigid shift of every round (px) and its correlation scores; open markers: field rejected."""
+    from matplotlib.ticker import MaxNLocator
+
     tiles = list(dict.fromkeys(table["tile"]))
     ncols = min(len(tiles), 3)
     nrows = 2 * int(np.ceil(len(tiles) / ncols))
@@ -128,6 +130,8 @@ def registration(table: pd.DataFrame) -> str:
             bottom.scatter(rounds[kept], values[kept], s=14, color=line.get_color())
             bottom.scatter(rounds[~kept], values[~kept], s=14, facecolors="none", edgecolors=line.get_color())
         bottom.set_xlabel("round")
+        for ax in (top, bottom):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         bottom.set_ylabel("score")
         if scores:
             bottom.legend(fontsize=6, frameon=False)
