@@ -16,6 +16,12 @@ PIPELINE = Pipeline.from_config(config, check_files=workflow.is_main_process)
 WITHDRAWN_SUMMARY = []
 
 
+def replaces_stage_markers(jobs) -> bool:
+    """Whether any of these Snakemake jobs writes a stage marker or product that datastore.json summarizes."""
+    markers = set(ALL_STAGE_MARKERS)
+    return any(str(path) in markers for job in jobs for path in job.output)
+
+
 wildcard_constraints:
     tile=WILDCARD_CONSTRAINTS["tile"],
 
