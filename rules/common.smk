@@ -18,7 +18,8 @@ WITHDRAWN_SUMMARY = []
 
 def replaces_stage_markers(jobs) -> bool:
     """Whether any of these Snakemake jobs writes a stage marker or product that datastore.json summarizes."""
-    markers = set(ALL_STAGE_MARKERS)
+    # Built here, in the main process's onstart, not when every job parses the Snakefile.
+    markers = set(PIPELINE.all_stage_markers())
     return any(str(path) in markers for job in jobs for path in job.output)
 
 

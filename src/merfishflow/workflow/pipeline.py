@@ -296,6 +296,14 @@ class Pipeline:
             out.append(self.evaluation_json)
         return out
 
+    def all_stage_markers(self) -> list[str]:
+        """Every marker (or finished product file) of every stage (~80 000 paths for 1000 tiles)."""
+        out = []
+        for units in stage_groups(self.experiment, self.paths, simulated=self.simulated).values():
+            for targets in units.values():
+                out.extend(str(target_file(t)) for t in targets)
+        return out
+
     def stranded_stage_markers(self) -> list[str]:
         """Missing markers (or products) of a stage some later stage's output already follows.
 
