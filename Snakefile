@@ -25,6 +25,7 @@ include: "rules/decode.smk"
 include: "rules/cells.smk"
 include: "rules/export.smk"
 include: "rules/datastore.smk"
+include: "rules/report.smk"
 
 
 onstart:
@@ -46,12 +47,14 @@ onerror:
     restore_datastore_json(PIPELINE.experiment, PIPELINE.experiment_dir, WITHDRAWN_SUMMARY, simulated=PIPELINE.simulated)
 
 
-# Every marker is a target, not only datastore.json: Snakemake does not
-# recreate a missing intermediate file when the files after it are up to date,
-# and a marker removed by a crash must always be rewritten.
+# A marker a crash removed must be rewritten even when the files after it are up to date (Snakemake
+# does not recreate a missing intermediate on its own): rule all asks for exactly those markers
+# (Pipeline.stranded_stage_markers), so its input stays a handful of files on the console.
 rule all:
+    """Default target: the datastore, the QC report, the requested exports and every marker a crash removed."""
     input:
         PIPELINE.datastore_json,
-        ALL_STAGE_MARKERS,
+        PIPELINE.qc_report,
         PIPELINE.export_targets(),
+        stranded_stage_markers,
     default_target: True

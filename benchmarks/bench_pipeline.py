@@ -15,7 +15,7 @@ For each case this script
    filters (``GaussianHighPass(3)``, ``DeconvolvePSF(15 iterations, sigma 2)``,
    ``GaussianLowPass(1)``), per-bit scaling and ``PixelSpotDecoder`` (euclidean, distance 0.5176,
    ``min_area`` 2); its spots are scored against the same truth with
-   :func:`merfishflow.spots.evaluation.score_spots`;
+   :func:`merfishflow.evaluation.spots.score_spots`;
 4. measures a machine limit in the same run: the seconds of one real FFT pair (``rfftn`` + inverse,
    scipy, 2 workers) on the deconvolution's block shape, and from it the time the deconvolution
    stage's FFTs alone need (volumes x blocks x iterations x 2 pairs).
@@ -204,7 +204,7 @@ def run_starfish(base: Path, experiment: Path) -> dict:
 
     from merfishflow.io.datastore import read_marker
     from merfishflow.io.paths import ExperimentPaths
-    from merfishflow.spots.evaluation import score_spots
+    from merfishflow.evaluation.spots import score_spots
 
     out = base / "starfish" / "times.json"
     out.parent.mkdir(exist_ok=True)

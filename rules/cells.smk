@@ -1,5 +1,6 @@
 # Cell segmentation per tile, then spots to cells and the cell x gene counts.
 rule segment:
+    """Segment one tile's cells (seeded 3D watershed of the round-0 fiducial) into a versioned mask file."""
     input:
         fiducial=PIPELINE.segment_input(),
         placement=PIPELINE.global_registration_marker(),
@@ -23,6 +24,7 @@ rule segment:
 
 
 rule assign:
+    """Merge cells across tiles, give every spot its cell and count cell x gene (10x mtx, AnnData)."""
     input:
         masks=PIPELINE.all_cell_masks(),
         spots=PIPELINE.filtered_spots,

@@ -4,13 +4,14 @@ from pathlib import Path
 from merfishflow.workflow.config import validate_config
 from merfishflow.workflow.provenance import record_run
 from merfishflow.workflow.status import restore_datastore_json, withdraw_datastore_json
-from merfishflow.workflow.pipeline import WILDCARD_CONSTRAINTS, Pipeline
+from merfishflow.workflow.pipeline import WILDCARD_CONSTRAINTS, Pipeline, export_conda_source
+
+# envs/merfishflow.yaml installs the package from here (`--sdm conda`).
+export_conda_source(workflow.basedir)
 
 config = validate_config(config, source="config", schema_path=Path(workflow.basedir) / "config" / "schema.yaml")
 # Raw files are checked once, by the main Snakemake process, not by every job.
 PIPELINE = Pipeline.from_config(config, check_files=workflow.is_main_process)
-# Every marker and product of every stage (~80 000 paths for 1000 tiles).
-ALL_STAGE_MARKERS = PIPELINE.all_stage_markers()
 # Memory and runtime models of the jobs (merfishflow.workflow.resources).
 RESOURCES = PIPELINE.resources
 # datastore.json, when onstart withdrew it (Snakefile).
@@ -19,12 +20,17 @@ WITHDRAWN_SUMMARY = []
 
 def replaces_stage_markers(jobs) -> bool:
     """Whether any of these Snakemake jobs writes a stage marker or product that datastore.json summarizes."""
-    markers = set(ALL_STAGE_MARKERS)
+    # Built here, in the main process's onstart, not when every job parses the Snakefile.
+    markers = set(PIPELINE.all_stage_markers())
     return any(str(path) in markers for job in jobs for path in job.output)
 
 
 wildcard_constraints:
     tile=WILDCARD_CONSTRAINTS["tile"],
+
+
+def stranded_stage_markers(wildcards):
+    return PIPELINE.stranded_stage_markers()
 
 
 def ingest_mem_mb(wildcards, attempt):

@@ -1,10 +1,13 @@
 # datastore.json: the manifest and the state of every stage, read from the markers.
 rule datastore:
+    """Summarize every stage's markers and the manifest into datastore.json."""
     # The final products depend on every other stage, so datastore.json is rewritten
     # whenever any marker is; listing those ~80 000 markers here too would double
     # Snakemake's planning time for a 1000-tile experiment (rule all lists them).
     input:
         PIPELINE.final_products(),
+        # After the report: a run that rewrites only the report must still put datastore.json back.
+        PIPELINE.qc_report,
     output:
         PIPELINE.datastore_json,
     params:

@@ -1,5 +1,6 @@
 # Pixel decoding per tile, then experiment-level filtering (and scoring, for simulations).
 rule decode:
+    """Pixel-decode one tile's registered readouts into a spot table (decoded/tileNNNN_decoded_features.parquet)."""
     input:
         registered=PIPELINE.decode_inputs(),
         placement=PIPELINE.global_registration_marker(),
@@ -22,6 +23,7 @@ rule decode:
 
 
 rule filter_spots:
+    """Blank-based FDR filter and overlap duplicate removal of all tiles' spots (Parquet + starfish CSV)."""
     input:
         PIPELINE.all_decoded_tiles(),
     output:
@@ -43,6 +45,7 @@ rule filter_spots:
 if PIPELINE.simulated:
 
     rule evaluate:
+        """Score the filtered spots against the simulator's truth (decoded/evaluation.json)."""
         input:
             spots=PIPELINE.filtered_spots,
             truth=PIPELINE.ground_truth,

@@ -5,6 +5,7 @@ for round_ in PIPELINE.experiment.rounds:
     rule:
         name:
             f"deconvolve_{round_}"
+        """Richardson-Lucy deconvolution of one tile x round (fiducial and readout bits): decon_data."""
         input:
             ingest=PIPELINE.ingest_markers(round_),
             calibrations=PIPELINE.calibrations_marker,

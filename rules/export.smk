@@ -1,5 +1,6 @@
 # Exports made on request (config key exports): TIFF hyperstacks, SpaceTx tile sets, the starfish codebook.
 rule export_imagej:
+    """On request: a tile's registered images as an ImageJ TIFF hyperstack."""
     input:
         PIPELINE.export_inputs(),
     output:
@@ -17,6 +18,7 @@ rule export_imagej:
 
 
 rule export_ome:
+    """On request: a tile's registered images as an OME-TIFF."""
     input:
         PIPELINE.export_inputs(),
     output:
@@ -34,6 +36,7 @@ rule export_ome:
 
 
 rule export_spacetx:
+    """On request: a tile as a SpaceTx tile set (starfish's experiment.json)."""
     input:
         PIPELINE.export_inputs(),
     output:
@@ -49,6 +52,7 @@ rule export_spacetx:
 
 
 rule export_starfish_codebook:
+    """On request: the codebook in starfish's JSON format."""
     input:
         PIPELINE.calibrations_marker,
     output:
@@ -64,6 +68,7 @@ rule export_starfish_codebook:
 
 
 rule export_ome_zarr:
+    """On request: a tile's registered images as an OME-Zarr image with a pyramid."""
     input:
         PIPELINE.interop_inputs(),
     output:
@@ -79,6 +84,7 @@ rule export_ome_zarr:
 
 
 rule export_spatialdata:
+    """On request: the experiment as a SpatialData store (images, spots, cells, counts)."""
     input:
         PIPELINE.spatialdata_inputs(),
     output:

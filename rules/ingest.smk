@@ -6,6 +6,7 @@ for round_ in PIPELINE.experiment.rounds:
     rule:
         name:
             f"ingest_{round_}"
+        """Ingest and camera-correct one tile x round: the fiducial and the readout bits imaged in it."""
         input:
             tiff=PIPELINE.raw_tiff(round_),
             calibrations=PIPELINE.calibrations_marker,

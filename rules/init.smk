@@ -1,5 +1,6 @@
 # Experiment metadata, camera map and PSFs into calibrations.zarr.
 rule init:
+    """Write calibrations.zarr: codebook, exp_order, channels, optics, camera noise map and PSFs."""
     input:
         **PIPELINE.raw_metadata_files(),
     output:

@@ -1,6 +1,7 @@
 # Local registration (per tile: every round onto round 0, then the readouts
 # follow their round) and global registration (every tile's place in the world).
 rule register_local:
+    """Register every round of one tile onto its round 0 (rigid shift + optical flow): registered_decon_data."""
     input:
         decon=PIPELINE.all_decon_markers(),
     output:
@@ -24,6 +25,7 @@ rule register_local:
 
 
 rule register_global:
+    """Place every tile in global coordinates from its overlaps: global_registration of each tile."""
     input:
         PIPELINE.register_global_inputs(),
     output:

@@ -2,6 +2,7 @@
 if PIPELINE.simulated:
 
     rule simulate:
+        """Simulate the demo experiment: raw_data/ (the input format) and ground_truth/ (docs/simulator.md)."""
         output:
             **PIPELINE.simulation_outputs(),
             ground_truth=directory(str(PIPELINE.paths.ground_truth)),

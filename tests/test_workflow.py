@@ -66,7 +66,7 @@ def test_changing_a_correction_parameter_reruns_only_correction(demo_copy):
     jobs = planned_jobs(workdir, config)
     per_round = {f"{stage}_round{r:04d}" for stage in ("ingest", "deconvolve") for r in range(N_ROUNDS)}
     assert set(jobs) == per_round | {"register_local", "register_global", "decode", "filter_spots", "evaluate",
-                                     "segment", "assign", "datastore", "all"}
+                                     "segment", "assign", "qc_report", "datastore", "all"}
     assert all(jobs[name] == N_TILES for name in per_round | {"register_local", "decode", "segment"})
 
 
@@ -107,8 +107,8 @@ def test_crash_mid_write_leaves_nothing_complete_and_rerun_is_identical(demo_run
 
     jobs = planned_jobs(workdir, config)
     assert jobs == {"ingest_round0002": 1, "deconvolve_round0002": 1, "register_local": 1, "register_global": 1,
-                    "decode": 2, "filter_spots": 1, "evaluate": 1, "segment": 2, "assign": 1, "datastore": 1,
-                    "all": 1}
+                    "decode": 2, "filter_spots": 1, "evaluate": 1, "segment": 2, "assign": 1, "qc_report": 1,
+                    "datastore": 1, "all": 1}
     run_snakemake(workdir, config)
     assert file_bytes(experiment_dir / "qi2labdatastore") == file_bytes(clean / "qi2labdatastore")
 
@@ -136,7 +136,7 @@ def test_adding_a_tile_runs_only_the_new_tiles_jobs(tmp_path):
     # Global registration is experiment-wide: a new tile changes every tile's refined position.
     # Decoding and segmentation use the tiles' global placement, so both tiles are redone.
     assert jobs == {**per_round, "register_local": 1, "register_global": 1, "decode": 2, "filter_spots": 1,
-                    "segment": 2, "assign": 1, "datastore": 1, "all": 1}
+                    "segment": 2, "assign": 1, "qc_report": 1, "datastore": 1, "all": 1}
     assert "tile=tile0001" in result.stdout
     run_snakemake(tmp_path, config)
     assert tile0_files() == before

@@ -39,7 +39,13 @@ def _status(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="merfishflow", description=__doc__)
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="merfishflow", description="Tools around the merfishflow Snakemake workflow for 3D MERFISH: simulate "
+        "an experiment, validate raw_data, show which stages of a datastore are complete. The pipeline itself "
+        "runs with snakemake (see README.md).")
+    parser.add_argument("--version", action="version", version=f"merfishflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser("simulate", help="write a simulated experiment (raw_data/ + ground_truth/)")
     sim.add_argument("experiment_dir")

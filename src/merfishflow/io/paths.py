@@ -208,6 +208,11 @@ class ExperimentPaths:
         return {key: self.counts / name for key, name in COUNTS_FILES.items()}
 
     @property
+    def qc_report(self) -> Path:
+        """The self-contained HTML QC report (docs/outputs.md, "QC report")."""
+        return self.datastore / "report" / "qc_report.html"
+
+    @property
     def exports(self) -> Path:
         return self.datastore / "exports"
 

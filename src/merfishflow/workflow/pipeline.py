@@ -10,17 +10,31 @@ parameters, because raw_data does not exist yet.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..io.metadata import Experiment, load_experiment, round_targets
 from .config import segmentation_options
 from ..io.paths import DECON_DATA, REGISTERED_DATA, ExperimentPaths, marker
 from .neighbours import tiles_near
 from .resources import JobResources
-from .status import stage_groups, target_file, tile_markers
+from .status import STAGES, stage_groups, target_file, tile_markers
 
 TILE_WILDCARD = "{tile}"
 WILDCARD_CONSTRAINTS = {"tile": r"tile\d{4}"}
+
+
+# envs/merfishflow.yaml installs the package from this variable's folder (pip expands it): Snakemake
+# copies the env file into .snakemake/conda/ first, so a path relative to the file would point there.
+CONDA_SOURCE_VARIABLE = "MERFISHFLOW_SOURCE"
+
+
+def export_conda_source(workflow_dir) -> str:
+    """Point ``envs/merfishflow.yaml`` (``--sdm conda``) at this workflow's folder; returns that folder."""
+    folder = str(Path(workflow_dir).resolve())
+    os.environ[CONDA_SOURCE_VARIABLE] = folder
+    return folder
 
 
 @dataclass(frozen=True)
@@ -187,6 +201,10 @@ class Pipeline:
         files.update(self.paths.counts_files())
         return {k: str(v) for k, v in files.items()}
 
+    @property
+    def qc_report(self) -> str:
+        return str(self.paths.qc_report)
+
     # exports --------------------------------------------------------------------------------------
     def export_inputs(self, tile: str = TILE_WILDCARD) -> list[str]:
         """Registered fiducials and readouts of a tile, and its placement."""
@@ -259,12 +277,34 @@ class Pipeline:
         return out
 
     def all_stage_markers(self) -> list[str]:
-        """Every marker (or finished product file) of every stage, for the datastore summary job."""
+        """Every marker (or finished product file) of every stage (~80 000 paths for 1000 tiles)."""
         out = []
         for units in stage_groups(self.experiment, self.paths, simulated=self.simulated).values():
             for targets in units.values():
                 out.extend(str(target_file(t)) for t in targets)
         return out
+
+    def stranded_stage_markers(self) -> list[str]:
+        """Missing markers (or products) of a stage some later stage's output already follows.
+
+        Snakemake does not recreate a missing intermediate file when the files
+        after it are up to date, so rule all asks for these: a marker a crash
+        removed is always rewritten. A missing marker with nothing after it on
+        disk needs no asking (the final products, targets themselves, depend on
+        every stage), so a first run's rule all lists a handful of files, not
+        every marker (~80 000 for 1000 tiles) on the console. Stages depend
+        only on stages before them in :data:`merfishflow.workflow.status.STAGES`.
+        """
+        groups = stage_groups(self.experiment, self.paths, simulated=self.simulated)
+        later_exists = self.paths.datastore_json.is_file() or self.paths.qc_report.is_file()
+        stranded = []
+        for stage in reversed([s for s in STAGES if s in groups]):
+            files = [target_file(t) for targets in groups[stage].values() for t in targets]
+            present = [f.is_file() for f in files]
+            if later_exists:
+                stranded.extend(str(f) for f, here in zip(files, present) if not here)
+            later_exists = later_exists or any(present)
+        return sorted(stranded)
 
     def log(self, stage: str, name: str) -> str:
         return str(self.paths.job_log(stage, name))
