@@ -110,9 +110,19 @@ ROWS = {
     "config-wrong-type": Row("fresh", lambda e: None, ["key 'correction.hot_pixel_sigma'",
                                                         "'high' is not of type 'number'"],
                              config={"correction": {"hot_pixel_sigma": "high"}}),
-    "config-unknown-key": Row("fresh", lambda e: None, ["key 'deconvolution'",
-                                                         "'iteration' was unexpected"],
+    "config-unknown-key": Row("fresh", lambda e: None, ["key 'deconvolution.iteration' is not a known key of "
+                                                         "'deconvolution' (did you mean 'deconvolution.iterations'?"],
                               config={"deconvolution": {"iteration": 10}}),
+    "config-decoding-typo": Row("fresh", lambda e: None, ["key 'decoding.distance_treshold' is not a known key"],
+                                config={"decoding": {"distance_treshold": 0.5}}),
+    "config-decoding-string": Row("fresh", lambda e: None, ["key 'decoding.distance_threshold': '0.5' is not of "
+                                                            "type 'number'"],
+                                  config={"decoding": {"distance_threshold": "0.5"}}),
+    "config-segmentation-range": Row("fresh", lambda e: None, ["key 'segmentation.min_contrast': 0.5 is less than or "
+                                                               "equal to the minimum of 1"],
+                                     config={"segmentation": {"min_contrast": 0.5}}),
+    "config-assignment-type": Row("fresh", lambda e: None, ["key 'assignment.expand_um': 'far' is not of type"],
+                                  config={"assignment": {"expand_um": "far"}}),
     "config-out-of-range": Row("fresh", lambda e: None, ["key 'filtering.target_fdr'",
                                                           "1.5 is greater than or equal to the maximum of 1"],
                                config={"filtering": {"target_fdr": 1.5}}),

@@ -25,7 +25,7 @@ from scipy import ndimage as ndi
 from skimage.segmentation import relabel_sequential
 
 from ..io import datastore
-from ..cells.assignment import assign_spots, count_matrix, merge_cells
+from ..cells.assignment import AssignmentParams, assign_spots, count_matrix, merge_cells
 from ..errors import InputError
 from ..io.fileio import atomic
 from ..spots.filtering import starfish_table
@@ -222,7 +222,8 @@ def write_counts(counts_dir: Path, matrix, cell_names, genes, cell_table: pd.Dat
     return out
 
 
-def assign_experiment(experiment_dir, tiles, min_shared_fraction=0.5, expand_um=0.3, progress=print) -> dict:
+def assign_experiment(experiment_dir, tiles, min_shared_fraction=AssignmentParams.min_shared_fraction,
+                      expand_um=AssignmentParams.expand_um, progress=print) -> dict:
     """Merge cells across tiles, give every filtered spot its cell (or the nearest within ``expand_um``), count."""
     paths = ExperimentPaths(experiment_dir)
     calibration = datastore.read_marker(paths.calibrations)
