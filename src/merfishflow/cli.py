@@ -24,11 +24,12 @@ def _simulate(args):
 
 
 def _validate(args):
-    from .io.metadata import load_experiment
+    from .io.metadata import check_raw_files, load_experiment
 
     experiment = load_experiment(args.experiment_dir)
+    n_tiffs = check_raw_files(experiment, args.experiment_dir)
     print(f"{args.experiment_dir}: raw_data is valid: {len(experiment.tiles)} tiles, {len(experiment.rounds)} rounds, "
-          f"{experiment.n_bits} bits, {len(experiment.gene_ids)} barcodes")
+          f"{experiment.n_bits} bits, {len(experiment.gene_ids)} barcodes; {n_tiffs} TIFF headers checked")
 
 
 def _status(args):
