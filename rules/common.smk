@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from merfishflow.workflow.config import check_config_files, check_stage_params, validate_config
+from merfishflow.workflow.lock import acquire as acquire_experiment_lock, release as release_experiment_lock
 from merfishflow.workflow.provenance import record_run
 from merfishflow.workflow.status import restore_datastore_json, withdraw_datastore_json
 from merfishflow.workflow.pipeline import WILDCARD_CONSTRAINTS, Pipeline

@@ -1,4 +1,4 @@
-"""Command line: ``merfishflow simulate | validate | status``."""
+"""Command line: ``merfishflow simulate | validate | status | unlock``."""
 
 from __future__ import annotations
 
@@ -39,6 +39,12 @@ def _status(args):
     print(format_status(load_experiment(args.experiment_dir, check_tiffs=False), args.experiment_dir))
 
 
+def _unlock(args):
+    from .workflow.lock import unlock
+
+    print(unlock(args.experiment_dir))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="merfishflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="which stages are complete, read from the datastore's markers")
     st.add_argument("experiment_dir")
     st.set_defaults(func=_status)
+    un = sub.add_parser("unlock", help="remove the experiment lock a run that has ended left behind")
+    un.add_argument("experiment_dir")
+    un.set_defaults(func=_unlock)
     return parser
 
 
