@@ -81,3 +81,17 @@ def test_a_byte_order_mark_in_every_file_is_accepted_by_validate_and_by_the_run(
     # The init job reads the same files again: it accepts them too.
     run_snakemake(workdir, config, "experiment/qi2labdatastore/calibrations.zarr/.zattrs")
     assert datastore.is_complete(experiment / "qi2labdatastore" / "calibrations.zarr")
+
+
+@pytest.mark.workflow
+def test_status_of_a_real_experiment_shows_only_the_stages_it_runs(pristine, tmp_path):
+    """A real experiment (here a copy of a simulated one, ground_truth/ kept) run with simulation.enabled: false."""
+    experiment = tmp_path / "experiment"
+    shutil.copytree(pristine, experiment)
+    config = write_config(tmp_path / "config.yaml", "experiment", simulated=False)
+    run_snakemake(tmp_path, config, "experiment/qi2labdatastore/calibrations.zarr/.zattrs")
+    status = subprocess.run([sys.executable, "-m", "merfishflow.cli", "status", str(experiment)],
+                            capture_output=True, text=True)
+    assert status.returncode == 0, status.stderr
+    assert "  init             complete" in status.stdout and "  assign " in status.stdout, status.stdout
+    assert "evaluate" not in status.stdout, status.stdout
