@@ -95,3 +95,25 @@ def test_status_of_a_real_experiment_shows_only_the_stages_it_runs(pristine, tmp
     assert status.returncode == 0, status.stderr
     assert "  init             complete" in status.stdout and "  assign " in status.stdout, status.stdout
     assert "evaluate" not in status.stdout, status.stdout
+
+
+@pytest.mark.workflow
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a small tmpfs needs root")
+def test_a_full_disk_is_one_error_line_naming_the_path_and_nothing_is_marked_complete(experiment):
+    """The datastore folder is a 32 KiB tmpfs: the init job's arrays do not fit (a real ENOSPC from tensorstore)."""
+    datastore_dir = experiment / "qi2labdatastore"
+    datastore_dir.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(datastore_dir)], check=True)
+    try:
+        workdir = experiment.parent
+        config = write_config(workdir / "config.yaml", "experiment", simulated=False)
+        result = run_snakemake(workdir, config, "experiment/qi2labdatastore/calibrations.zarr/.zattrs", check=False)
+        assert result.returncode != 0
+        log = (experiment / "logs/init/init.log").read_text()
+        last = log.splitlines()[-1].split("] ", 1)[1]
+        assert "Traceback" not in log and "tensorstore_spec" not in log, log
+        assert last.startswith(f"ERROR: {datastore_dir}/calibrations.zarr/") and "No space left on device" in last, log
+        assert last in result.stdout + result.stderr
+        assert not datastore.is_complete(datastore_dir / "calibrations.zarr")
+    finally:
+        subprocess.run(["umount", str(datastore_dir)], check=True)

@@ -46,6 +46,11 @@ def atomic(path, write):
     try:
         write(temp)
         os.replace(temp, path)
+    except OSError as err:
+        if err.filename is None:
+            # A failed write (full disk) names no file; the caller's message must.
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     finally:
         if temp.exists():
             temp.unlink()
