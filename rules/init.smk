@@ -6,6 +6,8 @@ rule init:
         PIPELINE.calibrations_marker,
     log:
         PIPELINE.log("init", "init"),
+    benchmark:
+        PIPELINE.benchmark("init", "init"),
     group:
         "setup"
     conda:

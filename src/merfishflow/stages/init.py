@@ -6,9 +6,11 @@ channels and the microscope and camera metadata; its arrays are
 - ``camera_noise_map``: float32 (3, Y, X), planes ``offset_adu`` (the dark
   frame, or the scalar offset everywhere), ``e_per_adu`` and
   ``known_hot_pixel`` (1 where ``camera.hot_pixel_map`` marks a pixel);
-- ``psf_data``: float32 (channels, z, y, x), the widefield PSF of every
-  channel (:func:`merfishflow.image.psf.widefield_psf`, unit sum), one common odd
-  support fitted to the longest emission wavelength.
+- ``psf_data``: float32 (channels, z, y, x), the PSF of every channel, unit
+  sum, on one common odd support: the measured PSF that experiment.yaml names
+  for the channel (``channels[i].psf``), else the widefield model
+  (:func:`merfishflow.image.psf.widefield_psf`) on a support fitted to the
+  longest emission wavelength.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 
 from ..io import datastore
 from ..errors import InputError
-from ..io.metadata import Experiment, load_experiment, read_camera_image
+from ..io.metadata import Experiment, load_experiment, read_camera_image, read_measured_psf
 from ..io.paths import ExperimentPaths
 from ..image.psf import psf_shape_zyx, widefield_psf
 
@@ -44,15 +46,27 @@ def camera_noise_map(experiment: Experiment, paths: ExperimentPaths) -> np.ndarr
     return noise
 
 
-def psf_stack(experiment: Experiment) -> np.ndarray:
-    """PSFs of every channel, (channels, z, y, x) float32, on one common support."""
+def psf_stack(experiment: Experiment, paths: ExperimentPaths | None = None) -> np.ndarray:
+    """PSFs of every channel, (channels, z, y, x) float32, on one common support.
+
+    A channel with a measured PSF (``channels[i].psf`` in experiment.yaml,
+    read from ``paths.raw``) uses it, normalised to unit sum; the others use
+    the widefield model. The support is the largest of all, each PSF
+    zero-padded about its centre.
+    """
     longest = max(c.emission_um for c in experiment.channels)
     shape = psf_shape_zyx(experiment.voxel_size_zyx_um, longest, experiment.numerical_aperture)
-    return np.stack([
-        widefield_psf(experiment.voxel_size_zyx_um, c.emission_um, experiment.numerical_aperture,
-                      experiment.immersion_refractive_index, experiment.sample_refractive_index, shape_zyx=shape)
-        for c in experiment.channels
-    ])
+    psfs = []
+    for i, c in enumerate(experiment.channels):
+        if c.psf is not None:
+            psfs.append(read_measured_psf(paths.raw / c.psf, f"{paths.experiment_yaml}: channels[{i}].psf"))
+        else:
+            psfs.append(widefield_psf(experiment.voxel_size_zyx_um, c.emission_um, experiment.numerical_aperture,
+                                      experiment.immersion_refractive_index, experiment.sample_refractive_index,
+                                      shape_zyx=shape))
+    support = np.max([psf.shape for psf in psfs], axis=0)
+    return np.stack([np.pad(psf, [((n - m) // 2,) * 2 for n, m in zip(support, psf.shape)]) for psf in psfs]
+                    ).astype(np.float32)
 
 
 def calibration_attrs(experiment: Experiment) -> dict:
@@ -81,7 +95,15 @@ def calibration_attrs(experiment: Experiment) -> dict:
                    "dark_frame": experiment.dark_frame, "hot_pixel_map": experiment.hot_pixel_map},
         "camera_noise_map_planes": NOISE_MAP_PLANES,
         "psf_model": "psfmodels.vectorial_psf_centered (Aguet et al. 2009), unit sum, channel order as 'channels'",
+        "psf_source": {c.name: c.psf if c.psf is not None else "model" for c in experiment.channels},
     }
+
+
+def hierarchy(paths: ExperimentPaths) -> None:
+    """``.zgroup`` files above the round groups, so that ``zarr.open_group`` browses the datastore as one
+    hierarchy (init owns these; each tile folder's is its round-0 ingest job's)."""
+    for folder in (paths.datastore, paths.datastore / "polyDT", paths.datastore / "readouts"):
+        datastore.create_group(folder)
 
 
 def run_init(experiment_dir, progress=print) -> Path:
@@ -105,13 +127,15 @@ def run_init(experiment_dir, progress=print) -> Path:
     noise = camera_noise_map(experiment, paths)
     progress(f"camera_noise_map: {noise.shape[1]} x {noise.shape[2]} px, "
              f"{'dark frame' if experiment.dark_frame else 'scalar offset'}")
-    psf = psf_stack(experiment)
+    psf = psf_stack(experiment, paths)
     progress(f"psf_data: {len(experiment.channels)} channels, support {psf.shape[1:]} voxels")
-    datastore.write_array(group / "camera_noise_map", noise)
-    datastore.write_array(group / "psf_data", psf)
+    datastore.write_array(group / "camera_noise_map", noise, ("plane", "y", "x"))
+    datastore.write_array(group / "psf_data", psf, ("channel", "psf_z", "psf_y", "psf_x"))
+    hierarchy(paths)
     inputs = [paths.experiment_yaml, paths.codebook_csv, paths.exp_order_csv]
     inputs += [paths.raw_file(name, "camera file") for name in (experiment.dark_frame, experiment.hot_pixel_map)
                if name is not None]
+    inputs += [paths.raw / c.psf for c in experiment.channels if c.psf is not None]
     attrs = calibration_attrs(experiment)
     attrs.update({
         "stage": "init",
