@@ -29,6 +29,8 @@ include: "rules/report.smk"
 
 
 onstart:
+    # First: a second run on this experiment must stop before it touches anything.
+    acquire_experiment_lock(PIPELINE.experiment_dir)
     record_run(PIPELINE.experiment_dir, config, workflow.basedir)
     # Jobs are about to replace markers: until rule datastore summarizes them again, the old
     # datastore.json would claim more than the markers show. A run of exports alone replaces none.
@@ -39,12 +41,14 @@ onstart:
 onsuccess:
     # A run whose targets did not include rule datastore (an export, say) puts the summary back.
     restore_datastore_json(PIPELINE.experiment, PIPELINE.experiment_dir, WITHDRAWN_SUMMARY, simulated=PIPELINE.simulated)
+    release_experiment_lock(PIPELINE.experiment_dir)
 
 
 onerror:
     # A failed rerun puts back the summary it withdrew, now of what the markers really show; a first run
     # that fails leaves none (merfishflow status reads the markers either way).
     restore_datastore_json(PIPELINE.experiment, PIPELINE.experiment_dir, WITHDRAWN_SUMMARY, simulated=PIPELINE.simulated)
+    release_experiment_lock(PIPELINE.experiment_dir)
 
 
 # A marker a crash removed must be rewritten even when the files after it are up to date (Snakemake

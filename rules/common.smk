@@ -1,7 +1,8 @@
 # Validation, the one paths object, and input functions. No algorithm lives here.
 from pathlib import Path
 
-from merfishflow.workflow.config import validate_config
+from merfishflow.workflow.config import check_config_files, check_stage_params, validate_config
+from merfishflow.workflow.lock import acquire as acquire_experiment_lock, release as release_experiment_lock
 from merfishflow.workflow.provenance import record_run
 from merfishflow.workflow.status import restore_datastore_json, withdraw_datastore_json
 from merfishflow.workflow.pipeline import WILDCARD_CONSTRAINTS, Pipeline, export_conda_source
@@ -9,7 +10,10 @@ from merfishflow.workflow.pipeline import WILDCARD_CONSTRAINTS, Pipeline, export
 # envs/merfishflow.yaml installs the package from here (`--sdm conda`).
 export_conda_source(workflow.basedir)
 
+# Snakemake's own YAML loader keeps the last of two equal keys: re-read the files strictly.
+check_config_files(workflow.configfiles)
 config = validate_config(config, source="config", schema_path=Path(workflow.basedir) / "config" / "schema.yaml")
+check_stage_params(config)
 # Raw files are checked once, by the main Snakemake process, not by every job.
 PIPELINE = Pipeline.from_config(config, check_files=workflow.is_main_process)
 # Memory and runtime models of the jobs (merfishflow.workflow.resources).

@@ -110,9 +110,19 @@ ROWS = {
     "config-wrong-type": Row("fresh", lambda e: None, ["key 'correction.hot_pixel_sigma'",
                                                         "'high' is not of type 'number'"],
                              config={"correction": {"hot_pixel_sigma": "high"}}),
-    "config-unknown-key": Row("fresh", lambda e: None, ["key 'deconvolution'",
-                                                         "'iteration' was unexpected"],
+    "config-unknown-key": Row("fresh", lambda e: None, ["key 'deconvolution.iteration' is not a known key of "
+                                                         "'deconvolution' (did you mean 'deconvolution.iterations'?"],
                               config={"deconvolution": {"iteration": 10}}),
+    "config-decoding-typo": Row("fresh", lambda e: None, ["key 'decoding.distance_treshold' is not a known key"],
+                                config={"decoding": {"distance_treshold": 0.5}}),
+    "config-decoding-string": Row("fresh", lambda e: None, ["key 'decoding.distance_threshold': '0.5' is not of "
+                                                            "type 'number'"],
+                                  config={"decoding": {"distance_threshold": "0.5"}}),
+    "config-segmentation-range": Row("fresh", lambda e: None, ["key 'segmentation.min_contrast': 0.5 is less than or "
+                                                               "equal to the minimum of 1"],
+                                     config={"segmentation": {"min_contrast": 0.5}}),
+    "config-assignment-type": Row("fresh", lambda e: None, ["key 'assignment.expand_um': 'far' is not of type"],
+                                  config={"assignment": {"expand_um": "far"}}),
     "config-out-of-range": Row("fresh", lambda e: None, ["key 'filtering.target_fdr'",
                                                           "1.5 is greater than or equal to the maximum of 1"],
                                config={"filtering": {"target_fdr": 1.5}}),
@@ -150,7 +160,39 @@ ROWS = {
                              "(Y, X) = (48, 48) image"],
                             targets=(CALIBRATIONS,), log="logs/init/init.log",
                             not_complete=("qi2labdatastore/calibrations.zarr",)),
+    "yaml-unknown-key": Row("fresh", edit("raw_data/experiment.yaml", "sample_refractive_index",
+                                          "sample_refractive_indx"),
+                            ["{exp}/raw_data/experiment.yaml: unknown key 'microscope.sample_refractive_indx' "
+                             "(did you mean 'sample_refractive_index'?"]),
+    "yaml-key-twice": Row("fresh", edit("raw_data/experiment.yaml", "format_version: 1\n",
+                                        "format_version: 1\nformat_version: 1\n"),
+                          ["{exp}/raw_data/experiment.yaml: line 2: key 'format_version' is given twice "
+                           "(first on line 1)"]),
+    "stage-negative-tile": Row("fresh", edit_line("raw_data/stage_positions.csv", 3, "-1,0.0,0.0,0.0"),
+                               ["{exp}/raw_data/stage_positions.csv: line 3: tile -1 is negative"]),
+    "tiff-zero-bytes": Row("fresh", write_bytes("raw_data/tile0001/round0002.tif", b""),
+                           ["{exp}/raw_data/tile0001/round0002.tif: empty file (0 bytes)"],
+                           targets=(INGEST_T1R2,), log="logs/ingest/tile0001_round0002.log",
+                           not_complete=("qi2labdatastore/polyDT/tile0001/round0002.zarr",)),
+    "tiff-truncated": Row("fresh", lambda e: os.truncate(e / "raw_data/tile0001/round0002.tif", 20000),
+                          ["{exp}/raw_data/tile0001/round0002.tif: truncated or damaged: 20000 bytes"],
+                          targets=(INGEST_T1R2,), log="logs/ingest/tile0001_round0002.log",
+                          not_complete=("qi2labdatastore/polyDT/tile0001/round0002.zarr",)),
+    "dark-frame-nan": Row("fresh", rewrite_tiff("raw_data/camera_dark_frame.tif",
+                                                lambda d: np.where(np.arange(d.size).reshape(d.shape) == 7, np.nan,
+                                                                   d.astype(np.float32)).astype(np.float32)),
+                          ["{exp}/raw_data/camera_dark_frame.tif: contains NaN or infinite values"],
+                          targets=(CALIBRATIONS,), log="logs/init/init.log",
+                          not_complete=("qi2labdatastore/calibrations.zarr",)),
     # codebook -------------------------------------------------------------------------------------------------
+    "codebook-gene-with-tab": Row("fresh", edit_line("raw_data/codebook.csv", 3, None),
+                                  ["{exp}/raw_data/codebook.csv: line 3: gene_id", "contains a tab, newline or other "
+                                   "control character"]),
+    "codebook-codeword-twice": Row("fresh", edit_line("raw_data/codebook.csv", 3, None),
+                                   ["{exp}/raw_data/codebook.csv: line 3: gene_id", "has the same codeword as",
+                                    "(line 2)"]),
+    "codebook-bit-column-twice": Row("fresh", edit("raw_data/codebook.csv", "bit02", "bit01"),
+                                     ["{exp}/raw_data/codebook.csv: column 'bit01' appears 2 times in the header"]),
     "codebook-not-binary": Row("fresh", edit_line("raw_data/codebook.csv", 2, None),
                                ["{exp}/raw_data/codebook.csv: line 2, column 'bit01': '2'; expected 0 or 1"]),
     "codebook-duplicate-gene": Row("fresh", edit_line("raw_data/codebook.csv", 3, None),
@@ -213,6 +255,20 @@ def _codebook_changes():
         lines[1] = ",".join([cells[0]] + ["0"] * (len(cells) - 1))
         path.write_text("\n".join(lines) + "\n")
 
+    def gene_with_tab(e):
+        path = e / "raw_data/codebook.csv"
+        lines = path.read_text().splitlines()
+        lines[2] = '"Gene\tX"' + lines[2][lines[2].index(","):]
+        path.write_text("\n".join(lines) + "\n")
+
+    def codeword_twice(e):
+        path = e / "raw_data/codebook.csv"
+        lines = path.read_text().splitlines()
+        lines[2] = lines[2].split(",")[0] + lines[1][lines[1].index(","):]
+        path.write_text("\n".join(lines) + "\n")
+
+    ROWS["codebook-gene-with-tab"].change = gene_with_tab
+    ROWS["codebook-codeword-twice"].change = codeword_twice
     ROWS["codebook-not-binary"].change = not_binary
     ROWS["codebook-duplicate-gene"].change = duplicate_gene
     ROWS["codebook-missing-bit-column"].change = missing_bit_column

@@ -131,7 +131,7 @@ def test_a_cell_spanning_a_tile_overlap_is_counted_once(tmp_path):
     assert merged["volume_um3"] == pytest.approx(4 * 4 * 6)
     spots = pd.DataFrame({"tile": [0, 1, 1, 0], "z_px": [1.0, 1.0, 1.2, 0.0], "y_px": [3.0, 3.0, 7.6, 0.0],
                           "x_px": [5.0, 1.0, 7.4, 0.0]})
-    ids = assign_spots(spots, lambda t: sets[t].to_labels(), cells)
+    ids = assign_spots(spots, lambda t: sets[t].to_labels(), cells, expand_um=0.0)
     assert ids[0] == ids[1] == cells.instance_to_cell[(0, 1)]
     assert ids[2] == cells.instance_to_cell[(1, 7)] and ids[3] == 0
 
@@ -148,7 +148,7 @@ def test_spots_just_outside_a_mask_go_to_the_nearest_cell_within_expand_um(tmp_p
     # -> nearest is cell 2; x = 9.6 rounds to 10; y = 13: 0.6 µm below both cells.
     spots = pd.DataFrame({"tile": 0, "z_px": 1.0, "y_px": [5.0, 5.0, 13.0, 4.0],
                           "x_px": [9.0, 9.6, 5.0, 4.0]})
-    plain = assign_spots(spots, lambda t: labels, cells)
+    plain = assign_spots(spots, lambda t: labels, cells, expand_um=0.0)
     ids = assign_spots(spots, lambda t: labels, cells, expand_um=0.3, voxel_size_zyx_um=(0.3, 0.1, 0.1))
     c1, c2 = cells.instance_to_cell[(0, 1)], cells.instance_to_cell[(0, 2)]
     assert list(plain) == [0, 0, 0, c1]

@@ -134,7 +134,8 @@ def test_bad_raw_data_stops_the_workflow_at_parse_time(experiment):
      "is not of type 'integer'"),
     ({"experiment_dir": "x", "correction": {"hot_pixel_sigma": -1}}, "correction.hot_pixel_sigma",
      "less than or equal to the minimum"),
-    ({"experiment_dir": "x", "ingest": {"slab_plane": 4}}, "ingest", "'slab_plane' was unexpected"),
+    ({"experiment_dir": "x", "ingest": {"slab_plane": 4}}, "ingest.slab_plane",
+     "is not a known key of 'ingest' (did you mean 'ingest.slab_planes'?"),
 ])
 def test_bad_config_is_named(config, key, words):
     with pytest.raises(InputError) as info:

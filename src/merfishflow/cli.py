@@ -1,4 +1,4 @@
-"""Command line: ``merfishflow simulate | validate | status``."""
+"""Command line: ``merfishflow simulate | validate | status | unlock``."""
 
 from __future__ import annotations
 
@@ -24,11 +24,12 @@ def _simulate(args):
 
 
 def _validate(args):
-    from .io.metadata import load_experiment
+    from .io.metadata import check_raw_files, load_experiment
 
     experiment = load_experiment(args.experiment_dir)
+    n_tiffs = check_raw_files(experiment, args.experiment_dir)
     print(f"{args.experiment_dir}: raw_data is valid: {len(experiment.tiles)} tiles, {len(experiment.rounds)} rounds, "
-          f"{experiment.n_bits} bits, {len(experiment.gene_ids)} barcodes")
+          f"{experiment.n_bits} bits, {len(experiment.gene_ids)} barcodes; {n_tiffs} TIFF headers checked")
 
 
 def _status(args):
@@ -36,6 +37,12 @@ def _status(args):
     from .workflow.status import format_status
 
     print(format_status(load_experiment(args.experiment_dir, check_tiffs=False), args.experiment_dir))
+
+
+def _unlock(args):
+    from .workflow.lock import unlock
+
+    print(unlock(args.experiment_dir))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="which stages are complete, read from the datastore's markers")
     st.add_argument("experiment_dir")
     st.set_defaults(func=_status)
+    un = sub.add_parser("unlock", help="remove the experiment lock a run that has ended left behind")
+    un.add_argument("experiment_dir")
+    un.set_defaults(func=_unlock)
     return parser
 
 

@@ -24,6 +24,30 @@ from ..image.stitching import overlap_slices, union_find
 
 
 @dataclass(frozen=True)
+class AssignmentParams:
+    """Config key ``assignment`` (config/README.md); the defaults are config/schema.yaml's.
+
+    Attributes
+    ----------
+    min_shared_fraction : float
+        Two instances from neighbouring tiles are one cell when they share at least this fraction of the
+        smaller one's voxels in the overlap (:func:`shared_instances`).
+    expand_um : float
+        A spot in no mask but within this distance of one goes to the nearest such cell (:func:`assign_spots`).
+    """
+
+    min_shared_fraction: float = 0.5
+    expand_um: float = 0.5
+
+    def __post_init__(self):
+        if not (isinstance(self.min_shared_fraction, (int, float)) and 0 < self.min_shared_fraction <= 1):
+            raise InputError(f"assignment.min_shared_fraction: expected a number in (0, 1], "
+                             f"got {self.min_shared_fraction!r}")
+        if not (isinstance(self.expand_um, (int, float)) and np.isfinite(self.expand_um) and self.expand_um >= 0):
+            raise InputError(f"assignment.expand_um: expected a distance in µm >= 0, got {self.expand_um!r}")
+
+
+@dataclass(frozen=True)
 class GlobalCells:
     """Global cells and how tile instances map to them.
 
@@ -53,7 +77,8 @@ class GlobalCells:
         return lut[labels]
 
 
-def shared_instances(labels_i, labels_j, origin_i_um, origin_j_um, voxel_size_zyx_um, min_shared_fraction=0.5):
+def shared_instances(labels_i, labels_j, origin_i_um, origin_j_um, voxel_size_zyx_um,
+                     min_shared_fraction=AssignmentParams.min_shared_fraction):
     """Pairs (label in i, label in j) that are one cell, from the overlap of two tiles.
 
     Returns
@@ -87,7 +112,7 @@ def shared_instances(labels_i, labels_j, origin_i_um, origin_j_um, voxel_size_zy
     return out
 
 
-def merge_cells(mask_sets, load_labels, min_shared_fraction=0.5, progress=None) -> GlobalCells:
+def merge_cells(mask_sets, load_labels, min_shared_fraction=AssignmentParams.min_shared_fraction, progress=None) -> GlobalCells:
     """Merge the cell instances of all tiles into global cells.
 
     Parameters
@@ -169,8 +194,8 @@ def _nearby_offsets(radius_um, voxel_size_zyx_um):
     return grid[order]
 
 
-def assign_spots(spots: pd.DataFrame, load_labels, cells: GlobalCells, expand_um=0.0, voxel_size_zyx_um=None,
-                 chunk=100_000) -> np.ndarray:
+def assign_spots(spots: pd.DataFrame, load_labels, cells: GlobalCells, expand_um=AssignmentParams.expand_um,
+                 voxel_size_zyx_um=None, chunk=100_000) -> np.ndarray:
     """Global cell id of every spot (0 = outside every cell), from its own tile's mask.
 
     A spot in no cell's mask but within ``expand_um`` of one goes to the
@@ -186,9 +211,10 @@ def assign_spots(spots: pd.DataFrame, load_labels, cells: GlobalCells, expand_um
     load_labels : callable(int) -> ndarray
     cells : GlobalCells
     expand_um : float
-        Largest distance, µm, from a spot outside every mask to the cell it is given.
+        Largest distance, µm, from a spot outside every mask to the cell it is given
+        (default: the config's, config/schema.yaml).
     voxel_size_zyx_um : 3 floats
-        Needed when ``expand_um > 0``.
+        Needed when ``expand_um > 0`` (the default).
     chunk : int
         Spots looked at together when expanding (bounds the memory: chunk x offsets).
     """

@@ -46,6 +46,11 @@ def atomic(path, write):
     try:
         write(temp)
         os.replace(temp, path)
+    except OSError as err:
+        if err.filename is None:
+            # A failed write (full disk) names no file; the caller's message must.
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     finally:
         if temp.exists():
             temp.unlink()
@@ -101,3 +106,44 @@ def write_parquet(path, table):
     import pyarrow.parquet as pq
 
     return atomic(path, lambda p: pq.write_table(table, p))
+
+
+def read_yaml(path, *, what="YAML file"):
+    """Parse a YAML file, refusing a key given twice in one mapping (PyYAML keeps the last one silently).
+
+    A UTF-8 byte-order mark (what spreadsheet and Windows editors write) is accepted.
+
+    Raises
+    ------
+    InputError
+        The file is missing, is not valid YAML, or repeats a key (named, with both lines).
+    """
+    import yaml
+
+    from ..errors import InputError
+
+    class _StrictLoader(yaml.SafeLoader):
+        pass
+
+    def _mapping(loader, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise InputError(f"{path}: line {line}: key {key!r} is given twice (first on line {seen[key]}); "
+                                 "remove one")
+            seen[key] = line
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None

@@ -11,6 +11,7 @@ exist, and how bits map to rounds and channels.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -221,17 +222,41 @@ def load_experiment(experiment_dir, *, check_tiffs=True) -> Experiment:
 
 
 # experiment.yaml -------------------------------------------------------------------------------
+# Every key of experiment.yaml (docs/raw_data.md): an unknown one is refused, because a misspelt optional
+# key (sample_refractive_indx) would otherwise silently keep its default and change the results.
+KNOWN_KEYS = {
+    "": ("format_version", "voxel_size_zyx_um", "image_shape_zyx", "tile_overlap_fraction", "microscope", "camera",
+         "channels"),
+    "microscope": ("numerical_aperture", "immersion_refractive_index", "sample_refractive_index"),
+    "camera": ("e_per_adu", "offset_adu", "dark_frame", "hot_pixel_map"),
+    "channels[]": ("name", "role", "excitation_um", "emission_um", "psf", "psf_voxel_size_zyx_um"),
+}
+
+
+def _refuse_unknown_keys(mapping, where, section):
+    import difflib
+
+    known = KNOWN_KEYS["channels[]" if section.startswith("channels[") else section]
+    for key in mapping:
+        if key not in known:
+            name = f"{section}.{key}" if section else str(key)
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+            raise InputError(f"{where}: unknown key {name!r} ({hint}; see docs/raw_data.md)")
+
+
 def _read_experiment_yaml(path: Path) -> dict:
-    import yaml
+    from .fileio import read_yaml
 
     if not path.is_file():
         raise InputError(f"{path}: not found (experiment.yaml is required, see docs/raw_data.md)")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: not valid YAML ({err})") from None
+    doc = read_yaml(path, what="experiment.yaml")
     where = str(path)
     _need(isinstance(doc, dict), where, "", "a mapping of keys (see docs/raw_data.md)", doc)
+    _refuse_unknown_keys(doc, where, "")
+    for section in ("microscope", "camera"):
+        if isinstance(doc.get(section), dict):
+            _refuse_unknown_keys(doc[section], where, section)
     version = doc.get("format_version")
     _need(version == FORMAT_VERSION, where, "format_version", f"{FORMAT_VERSION}", version)
     voxel = _numbers(doc, where, "voxel_size_zyx_um", 3, float, lambda v: v > 0, "3 positive numbers")
@@ -325,6 +350,7 @@ def _read_channels(doc, where, voxel_size_zyx_um):
     for i, entry in enumerate(entries):
         key = f"channels[{i}]"
         _need(isinstance(entry, dict), where, key, "a mapping with name, role, excitation_um, emission_um", entry)
+        _refuse_unknown_keys(entry, where, key)
         name = entry.get("name")
         _need(isinstance(name, str) and CHANNEL_NAME.fullmatch(name) is not None, where, f"{key}.name",
               "a name of letters, digits, '_' or '-'", name)
@@ -347,8 +373,12 @@ def _read_channels(doc, where, voxel_size_zyx_um):
 def _read_csv(path: Path, what: str) -> tuple[list[str], list[list[str]]]:
     if not path.is_file():
         raise InputError(f"{path}: not found ({what} is required, see docs/raw_data.md)")
-    with open(path, newline="") as f:
-        rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+    # utf-8-sig: a byte-order mark, as spreadsheets write it, is not part of the first header name.
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     if not rows:
         raise InputError(f"{path}: empty; expected a header line and one row per {what}")
     header = [h.strip() for h in rows[0]]
@@ -371,16 +401,23 @@ def _read_codebook(path: Path, n_bits: int):
     expected = ["gene_id"] + [codebook_bit_column(b) for b in range(1, n_bits + 1)]
     if header[:1] != ["gene_id"]:
         raise InputError(f"{path}: the first column must be 'gene_id', found {header[:1]}")
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise InputError(f"{path}: column {repeated[0]!r} appears {header.count(repeated[0])} times in the header; "
+                         f"expected gene_id,{expected[1]}..{expected[-1]}, each once")
     if header != expected:
         raise InputError(f"{path}: has {len(header) - 1} bit columns {header[1:3]}..., but exp_order.csv images "
                          f"{n_bits} bits; expected the header gene_id,{expected[1]}..{expected[-1]}")
     if not body:
         raise InputError(f"{path}: no barcodes; expected one row per gene")
-    gene_ids, codewords, seen = [], [], {}
+    gene_ids, codewords, seen, words = [], [], {}, {}
     for line, row in enumerate(body, start=2):
         gene = row[0]
         if not gene:
             raise InputError(f"{path}: line {line}: gene_id is empty")
+        if not gene.isprintable():
+            raise InputError(f"{path}: line {line}: gene_id {gene!r} contains a tab, newline or other control "
+                             "character; gene_ids are written to tab-separated tables (counts/features.tsv.gz)")
         if gene in seen:
             raise InputError(f"{path}: line {line}: gene_id {gene!r} duplicates line {seen[gene]}; gene_ids must be unique")
         seen[gene] = line
@@ -391,6 +428,11 @@ def _read_codebook(path: Path, n_bits: int):
             word.append(int(cell))
         if not any(word):
             raise InputError(f"{path}: line {line}: codeword of {gene!r} has no 1; every codeword needs at least one")
+        if tuple(word) in words:
+            first = words[tuple(word)]
+            raise InputError(f"{path}: line {line}: gene_id {gene!r} has the same codeword as {gene_ids[first]!r} "
+                             f"(line {first + 2}); a spot cannot tell them apart, every codeword must be unique")
+        words[tuple(word)] = len(gene_ids)
         gene_ids.append(gene)
         codewords.append(tuple(word))
     return tuple(gene_ids), tuple(codewords)
@@ -434,6 +476,8 @@ def _read_stage_positions(path: Path):
     positions = {}
     for line, row in enumerate(body, start=2):
         t = _int_cell(path, line, "tile", row[0])
+        if t < 0:
+            raise InputError(f"{path}: line {line}: tile {t} is negative; tiles are numbered 0..T-1")
         if t in positions:
             raise InputError(f"{path}: line {line}: tile {t} is listed twice")
         values = []
@@ -500,3 +544,122 @@ def _numbers(doc, where, name, n, kind, valid, expected):
         raise InputError(f"{where}: {name} got {value!r}; expected {expected}") from None
     _need(all(valid(v) for v in out), where, name, expected, value)
     return out
+
+
+# raw image files -------------------------------------------------------------------------------
+def open_raw_tiff(path: Path, n_channels: int, shape_zyx):
+    """Open one tile and round's TIFF after checking its header against the contract; the pixels are not read.
+
+    Checks the page count (``C x Z``), the page shape ``(Y, X)``, the dtype (uint16) and that every page's
+    data lies inside the file (a truncated copy). ``merfishflow validate`` and the ingest job both call
+    this, so what validate passes, the run accepts.
+
+    Returns
+    -------
+    tifffile.TiffFile
+        Open; the caller closes it.
+    """
+    import tifffile
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: raw TIFF not found")
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(f"{path}: empty file (0 bytes); expected a TIFF of {n_channels} channels x "
+                         f"{shape_zyx[0]} z-planes (see docs/raw_data.md)")
+    # tifffile logs a warning per unreadable page; the one line below says it instead.
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        tif = tifffile.TiffFile(path)
+    except (OSError, ValueError, tifffile.TiffFileError) as err:
+        raise InputError(f"{path}: cannot be read as a TIFF ({err})") from None
+    try:
+        problem = _raw_tiff_problem(tif, size, n_channels, shape_zyx)
+    except (OSError, ValueError, tifffile.TiffFileError) as err:
+        problem = f"unreadable TIFF header ({err}); a truncated or damaged copy?"
+    finally:
+        log.setLevel(level)
+    if problem:
+        tif.close()
+        raise InputError(f"{path}: {problem} (see docs/raw_data.md)")
+    return tif
+
+
+def _raw_tiff_problem(tif, size, n_channels, shape_zyx):
+    z, y, x = shape_zyx
+    pages = tif.pages
+    n_pages = len(pages)
+    first = pages.first
+    if n_pages != n_channels * z:
+        if _next_page_offset(tif, pages[n_pages - 1]):
+            return (f"truncated or damaged: {size} bytes, only {n_pages} of its pages can be read; expected "
+                    f"{n_channels} channels x {z} z-planes = {n_channels * z} pages")
+        if n_pages % z == 0:
+            return (f"{n_pages} pages = {n_pages // z} channels x {z} z-planes; experiment.yaml lists "
+                    f"{n_channels} channels")
+        return f"{n_pages} pages; expected {n_channels} channels x {z} z-planes = {n_channels * z} pages"
+    if tuple(first.shape) != (y, x):
+        return f"pages of {tuple(first.shape)} pixels; expected (Y, X) = {(y, x)} from image_shape_zyx"
+    if first.dtype != "uint16":
+        return f"dtype {first.dtype}; expected uint16 camera counts"
+    end = max(int(o) + int(c) for page in pages for o, c in zip(page.dataoffsets, page.databytecounts))
+    if end > size:
+        return f"truncated: {size} bytes, but its pages' data reach byte {end}"
+    return None
+
+
+def _next_page_offset(tif, page) -> int:
+    """Where the IFD of ``page`` says the next page is (0 = it is the last one)."""
+    import struct
+
+    fmt, fh = tif.tiff, tif.filehandle
+    fh.seek(page.offset)
+    n_tags = struct.unpack(fmt.tagnoformat, fh.read(fmt.tagnosize))[0]
+    fh.seek(page.offset + fmt.tagnosize + n_tags * fmt.tagsize)
+    return struct.unpack(fmt.offsetformat, fh.read(fmt.offsetsize))[0]
+
+
+def read_camera_image(path: Path, key: str, shape_yx):
+    """The dark frame or hot-pixel map named by ``camera.<key>``: one finite (Y, X) image."""
+    import numpy as np
+    import tifffile
+
+    try:
+        image = tifffile.imread(path)
+    except (OSError, ValueError, tifffile.TiffFileError) as err:
+        raise InputError(f"{path}: cannot be read as a TIFF ({err}); experiment.yaml camera.{key} names it") from None
+    image = np.squeeze(image)
+    if image.shape != tuple(shape_yx):
+        raise InputError(f"{path}: shape {image.shape}; camera.{key} must be one (Y, X) = {tuple(shape_yx)} image")
+    if not np.all(np.isfinite(image)):
+        raise InputError(f"{path}: contains NaN or infinite values; camera.{key} must be finite numbers")
+    return image
+
+
+def check_raw_files(experiment: Experiment, experiment_dir) -> int:
+    """Read every raw TIFF's header (pages, shape, dtype, length; not the pixels) and the camera images.
+
+    Returns
+    -------
+    int
+        The number of TIFFs checked.
+
+    Raises
+    ------
+    InputError
+        The first file that the ingest or init job would refuse.
+    """
+    paths = ExperimentPaths(experiment_dir)
+    shape_yx = experiment.image_shape_zyx[1:]
+    for name, key in ((experiment.dark_frame, "dark_frame"), (experiment.hot_pixel_map, "hot_pixel_map")):
+        if name is not None:
+            read_camera_image(paths.raw_file(name, f"camera.{key}"), key, shape_yx)
+    n = 0
+    for tile in experiment.tiles:
+        for round_ in experiment.rounds:
+            open_raw_tiff(paths.raw_tiff(tile, round_), len(experiment.channels), experiment.image_shape_zyx).close()
+            n += 1
+    return n

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from skimage.segmentation import relabel_sequential
 
 from ..io import datastore
-from ..cells.assignment import assign_spots, count_matrix, merge_cells
+from ..cells.assignment import AssignmentParams, assign_spots, count_matrix, merge_cells
 from ..errors import InputError
 from ..spots.filtering import starfish_table
 from ..io.masks import read_masks, write_masks
@@ -113,7 +113,8 @@ def run_segment(experiment_dir, tile, params=SegmentationParams(), tiles=None,
     return out
 
 
-def run_assign(experiment_dir, tiles, min_shared_fraction=0.5, expand_um=0.3, progress=print) -> dict:
+def run_assign(experiment_dir, tiles, min_shared_fraction=AssignmentParams.min_shared_fraction,
+               expand_um=AssignmentParams.expand_um, progress=print) -> dict:
     """Merge cells across tiles, give every filtered spot its cell (or the nearest within ``expand_um``), count."""
     paths = ExperimentPaths(experiment_dir)
     calibration = datastore.read_marker(paths.calibrations)

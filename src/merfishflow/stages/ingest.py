@@ -19,7 +19,7 @@ import numpy as np
 from ..io import datastore
 from ..image.correction import correct_counts, find_hot_pixels, neighbour_index, to_uint16
 from ..errors import InputError
-from ..io.metadata import Experiment, round_targets
+from ..io.metadata import Experiment, open_raw_tiff, round_targets
 from ..io.naming import index_of
 from ..io.paths import CAMERA_DATA, CAMERA_NOISE_MAP, CORRECTED_DATA, ExperimentPaths
 
@@ -44,36 +44,6 @@ class CorrectionParams:
 
     def to_dict(self) -> dict:
         return {"hot_pixel_sigma": self.hot_pixel_sigma, "hot_pixel_radius": self.hot_pixel_radius}
-
-
-def _open_tiff(path: Path, n_channels: int, shape_zyx):
-    import tifffile
-
-    if not path.is_file():
-        raise InputError(f"{path}: raw TIFF not found")
-    try:
-        tif = tifffile.TiffFile(path)
-    except (OSError, ValueError, tifffile.TiffFileError) as err:
-        raise InputError(f"{path}: cannot be read as a TIFF ({err})") from None
-    z, y, x = shape_zyx
-    pages = tif.pages
-    n_pages = len(pages)
-    first = pages.first
-    problem = None
-    if n_pages != n_channels * z:
-        if n_pages % z == 0:
-            problem = (f"{n_pages} pages = {n_pages // z} channels x {z} z-planes; experiment.yaml lists "
-                       f"{n_channels} channels")
-        else:
-            problem = f"{n_pages} pages; expected {n_channels} channels x {z} z-planes = {n_channels * z} pages"
-    elif tuple(first.shape) != (y, x):
-        problem = f"pages of {tuple(first.shape)} pixels; expected (Y, X) = {(y, x)} from image_shape_zyx"
-    elif first.dtype != np.uint16:
-        problem = f"dtype {first.dtype}; expected uint16 camera counts"
-    if problem:
-        tif.close()
-        raise InputError(f"{path}: {problem} (see docs/raw_data.md)")
-    return tif
 
 
 def run_ingest(experiment_dir, tile, round_, stage_zyx_um, params=CorrectionParams(), progress=print,
@@ -123,7 +93,7 @@ def run_ingest(experiment_dir, tile, round_, stage_zyx_um, params=CorrectionPara
     saturated = {}
     z = shape[0]
     # The TIFF is checked before anything is written.
-    with _open_tiff(raw_path, len(channels), shape) as tif:
+    with open_raw_tiff(raw_path, len(channels), shape) as tif:
         for group, _, _ in targets:
             datastore.remove_marker(group)
             datastore.create_group(group)

@@ -21,26 +21,11 @@ import numpy as np
 
 from ..io import datastore
 from ..errors import InputError
-from ..io.metadata import Experiment, load_experiment, read_measured_psf
+from ..io.metadata import Experiment, load_experiment, read_camera_image, read_measured_psf
 from ..io.paths import CAMERA_NOISE_MAP, PSF_DATA, ExperimentPaths
 from ..image.psf import psf_shape_zyx, widefield_psf
 
 NOISE_MAP_PLANES = ["offset_adu", "e_per_adu", "known_hot_pixel"]
-
-
-def _read_camera_image(path: Path, key: str, shape_yx) -> np.ndarray:
-    import tifffile
-
-    try:
-        image = tifffile.imread(path)
-    except (OSError, ValueError, tifffile.TiffFileError) as err:
-        raise InputError(f"{path}: cannot be read as a TIFF ({err}); experiment.yaml camera.{key} names it") from None
-    image = np.squeeze(image)
-    if image.shape != tuple(shape_yx):
-        raise InputError(f"{path}: shape {image.shape}; camera.{key} must be one (Y, X) = {tuple(shape_yx)} image")
-    if not np.all(np.isfinite(image)):
-        raise InputError(f"{path}: contains NaN or infinite values")
-    return image
 
 
 def camera_noise_map(experiment: Experiment, paths: ExperimentPaths) -> np.ndarray:
@@ -48,12 +33,12 @@ def camera_noise_map(experiment: Experiment, paths: ExperimentPaths) -> np.ndarr
     shape_yx = experiment.image_shape_zyx[1:]
     noise = np.empty((3,) + tuple(shape_yx), dtype=np.float32)
     if experiment.dark_frame is not None:
-        noise[0] = _read_camera_image(paths.raw_file(experiment.dark_frame, "camera.dark_frame"), "dark_frame", shape_yx)
+        noise[0] = read_camera_image(paths.raw_file(experiment.dark_frame, "camera.dark_frame"), "dark_frame", shape_yx)
     else:
         noise[0] = experiment.offset_adu
     noise[1] = experiment.e_per_adu
     if experiment.hot_pixel_map is not None:
-        known = _read_camera_image(paths.raw_file(experiment.hot_pixel_map, "camera.hot_pixel_map"), "hot_pixel_map",
+        known = read_camera_image(paths.raw_file(experiment.hot_pixel_map, "camera.hot_pixel_map"), "hot_pixel_map",
                                    shape_yx)
         noise[2] = (known != 0).astype(np.float32)
     else:

@@ -39,8 +39,8 @@ def tile_markers(experiment: Experiment, paths: ExperimentPaths, tile: str) -> d
 def stage_groups(experiment: Experiment, paths: ExperimentPaths, *, simulated=None) -> dict:
     """``{stage: {tile or "experiment": [marker folders or product files]}}`` of every stage.
 
-    ``evaluate`` is listed for simulated experiments (``simulated=None``:
-    when the experiment folder has ground truth).
+    ``evaluate`` is listed for simulated experiments (``simulated=None``: as the newest run's config
+    said, :func:`ran_as_simulation`).
     """
     out = {"init": {"experiment": [paths.calibrations]}}
     for tile in experiment.tiles:
@@ -49,9 +49,24 @@ def stage_groups(experiment: Experiment, paths: ExperimentPaths, *, simulated=No
     out["filter"] = {"experiment": [paths.filtered_spots, paths.filtered_spots_csv]}
     out["assign"] = {"experiment": [paths.assigned_spots, paths.assigned_spots_csv, paths.cells_table,
                                     *paths.counts_files().values()]}
-    if simulated or (simulated is None and paths.ground_truth_file("spots").is_file()):
+    if simulated or (simulated is None and ran_as_simulation(paths)):
         out["evaluate"] = {"experiment": [paths.evaluation_json]}
     return out
+
+
+def ran_as_simulation(paths: ExperimentPaths) -> bool:
+    """Whether the evaluate stage applies: the newest run's config (logs/provenance) had simulation.enabled;
+    before any run, whether the folder has the simulator's ground truth. A real experiment made from a
+    copy of a simulated one (ground_truth/ kept) is thus not shown an evaluate stage it never runs."""
+    import json
+
+    records = sorted((paths.root / "logs" / "provenance").glob("run-*.json"))
+    if records:
+        try:
+            return bool(json.loads(records[-1].read_text())["config"]["simulation"]["enabled"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return (paths.ground_truth / "spots.parquet").is_file()
 
 
 PRODUCT_SUFFIXES = (".parquet", ".csv", ".json", ".mfmask", ".gz", ".h5ad")
