@@ -39,13 +39,13 @@ def test_every_section_refuses_unknown_keys_and_every_default_is_valid():
 
 def test_the_defaults_of_the_functions_are_the_schemas():
     from merfishflow.cells.assignment import assign_spots, merge_cells
-    from merfishflow.stages.cells import assign_experiment
+    from merfishflow.stages.cells import run_assign
 
     config = validate_config({"experiment_dir": "x"})
     assert config["assignment"]["expand_um"] == 0.5
-    for function in (assign_spots, assign_experiment):
+    for function in (assign_spots, run_assign):
         assert inspect.signature(function).parameters["expand_um"].default == 0.5
-    for function in (merge_cells, assign_experiment):
+    for function in (merge_cells, run_assign):
         assert inspect.signature(function).parameters["min_shared_fraction"].default == \
             config["assignment"]["min_shared_fraction"]
     from merfishflow.image.stitching import DEFAULT_CONTEXT_UM
