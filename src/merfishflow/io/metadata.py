@@ -410,3 +410,77 @@ def _numbers(doc, where, name, n, kind, valid, expected):
         raise InputError(f"{where}: {name} got {value!r}; expected {expected}") from None
     _need(all(valid(v) for v in out), where, name, expected, value)
     return out
+
+
+def open_raw_tiff(path, n_channels, shape_zyx):
+    """Open a raw TIFF and check its header against the contract, without reading pixels.
+
+    The contract is ``C x Z`` planes of ``Y x X`` uint16 in channel-major order.
+    Two layouts hold them: one grayscale page per plane (what
+    :func:`merfishflow.io.fileio.write_tiff` writes), or pages of several planes
+    stored as separate colour planes (what a plain ``tifffile.imwrite(path,
+    data_czyx)`` writes when ``Z`` or ``C`` is 3 or 4). Both are accepted.
+
+    Parameters
+    ----------
+    path : Path
+    n_channels : int
+    shape_zyx : tuple of 3 int
+
+    Returns
+    -------
+    tif : tifffile.TiffFile
+        Open; the caller closes it.
+    planes_per_page : int
+
+    Raises
+    ------
+    InputError
+        The file is missing, not a TIFF, or its pages, shape or dtype differ from the contract.
+    """
+    import numpy as np
+    import tifffile
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: raw TIFF not found")
+    try:
+        tif = tifffile.TiffFile(path)
+        first = tif.pages.first
+    except (OSError, ValueError, IndexError, tifffile.TiffFileError) as err:
+        raise InputError(f"{path}: cannot be read as a TIFF ({err})") from None
+    z, y, x = shape_zyx
+    planar = first.planarconfig == tifffile.PLANARCONFIG.SEPARATE and first.samplesperpixel > 1
+    planes_per_page = first.samplesperpixel if planar else 1
+    n_planes = len(tif.pages) * planes_per_page
+    page_yx = tuple(first.shape[-2:]) if planar else tuple(first.shape)
+    problem = None
+    if n_planes != n_channels * z:
+        layout = f"{len(tif.pages)} pages of {planes_per_page} planes" if planar else f"{n_planes} pages"
+        if n_planes % z == 0:
+            problem = (f"{layout} = {n_planes // z} channels x {z} z-planes; experiment.yaml lists "
+                       f"{n_channels} channels")
+        else:
+            problem = f"{layout}; expected {n_channels} channels x {z} z-planes = {n_channels * z} planes"
+    elif page_yx != (y, x):
+        problem = f"pages of {tuple(first.shape)} pixels; expected (Y, X) = {(y, x)} from image_shape_zyx"
+    elif first.dtype != np.uint16:
+        problem = f"dtype {first.dtype}; expected uint16 camera counts"
+    if problem:
+        tif.close()
+        raise InputError(f"{path}: {problem} (see docs/raw_data.md)")
+    return tif, planes_per_page
+
+
+def read_raw_planes(tif, start, stop, planes_per_page):
+    """Planes ``start:stop`` (channel-major plane index) of a TIFF checked by :func:`open_raw_tiff`.
+
+    Returns
+    -------
+    ndarray, shape (stop - start, Y, X)
+    """
+    first_page, last_page = start // planes_per_page, (stop - 1) // planes_per_page
+    pages = tif.asarray(key=range(first_page, last_page + 1))
+    planes = pages.reshape(-1, *pages.shape[-2:])
+    offset = first_page * planes_per_page
+    return planes[start - offset:stop - offset]

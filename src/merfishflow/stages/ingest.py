@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +19,7 @@ from ..io import datastore
 from ..image.correction import correct_counts, find_hot_pixels, neighbour_index, to_uint16
 from ..errors import InputError
 from ..io.naming import bit_name
+from ..io.metadata import open_raw_tiff, read_raw_planes
 from ..io.paths import ExperimentPaths
 
 ARRAYS = ("camera_data", "corrected_data")
@@ -43,36 +43,6 @@ class CorrectionParams:
 
     def to_dict(self) -> dict:
         return {"hot_pixel_sigma": self.hot_pixel_sigma, "hot_pixel_radius": self.hot_pixel_radius}
-
-
-def _open_tiff(path: Path, n_channels: int, shape_zyx):
-    import tifffile
-
-    if not path.is_file():
-        raise InputError(f"{path}: raw TIFF not found")
-    try:
-        tif = tifffile.TiffFile(path)
-    except (OSError, ValueError, tifffile.TiffFileError) as err:
-        raise InputError(f"{path}: cannot be read as a TIFF ({err})") from None
-    z, y, x = shape_zyx
-    pages = tif.pages
-    n_pages = len(pages)
-    first = pages.first
-    problem = None
-    if n_pages != n_channels * z:
-        if n_pages % z == 0:
-            problem = (f"{n_pages} pages = {n_pages // z} channels x {z} z-planes; experiment.yaml lists "
-                       f"{n_channels} channels")
-        else:
-            problem = f"{n_pages} pages; expected {n_channels} channels x {z} z-planes = {n_channels * z} pages"
-    elif tuple(first.shape) != (y, x):
-        problem = f"pages of {tuple(first.shape)} pixels; expected (Y, X) = {(y, x)} from image_shape_zyx"
-    elif first.dtype != np.uint16:
-        problem = f"dtype {first.dtype}; expected uint16 camera counts"
-    if problem:
-        tif.close()
-        raise InputError(f"{path}: {problem} (see docs/raw_data.md)")
-    return tif
 
 
 def ingest_tile_round(experiment_dir, tile, round_, stage_zyx_um, params=CorrectionParams(), progress=print,
@@ -124,7 +94,8 @@ def ingest_tile_round(experiment_dir, tile, round_, stage_zyx_um, params=Correct
     saturated = {}
     z = shape[0]
     # The TIFF is checked before anything is written.
-    with _open_tiff(raw_path, len(channels), shape) as tif:
+    tif, planes_per_page = open_raw_tiff(raw_path, len(channels), shape)
+    with tif:
         for group, _, _ in targets:
             datastore.remove_marker(group)
             datastore.create_group(group)
@@ -136,7 +107,7 @@ def ingest_tile_round(experiment_dir, tile, round_, stage_zyx_um, params=Correct
             for z0 in range(0, z, slab_planes):
                 z1 = min(z, z0 + slab_planes)
                 first = channel * z + z0
-                counts = tif.asarray(key=range(first, first + z1 - z0)).reshape(z1 - z0, *shape[1:])
+                counts = read_raw_planes(tif, first, first + z1 - z0, planes_per_page)
                 pixel_digest.update(np.ascontiguousarray(counts).data)
                 electrons, n_sat = to_uint16(correct_counts(counts, offset, gain, hot_flat, neighbours))
                 saturated[group] += n_sat
