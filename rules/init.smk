@@ -1,9 +1,13 @@
 # Experiment metadata, camera map and PSFs into calibrations.zarr.
 rule init:
     input:
-        **PIPELINE.raw_metadata_files(),
+        **{key: ancient(path) for key, path in PIPELINE.parsed_metadata_files().items()},
+        **PIPELINE.camera_files(),
     output:
         PIPELINE.calibrations_marker,
+    params:
+        # Parsed values, not file bytes: a comment in experiment.yaml reruns nothing.
+        metadata=PIPELINE.init_metadata(),
     log:
         PIPELINE.log("init", "init"),
     group:

@@ -13,15 +13,17 @@ channels and the microscope and camera metadata; its arrays are
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from ..io import datastore
+from ..io.fileio import canonical_json
 from ..errors import InputError
 from ..io.metadata import Experiment, load_experiment
 from ..io.paths import ExperimentPaths
-from ..image.psf import psf_shape_zyx, widefield_psf
+from ..image.psf import psf_shape_for_stack, psf_shape_zyx, widefield_psf
 
 NOISE_MAP_PLANES = ["offset_adu", "e_per_adu", "known_hot_pixel"]
 
@@ -60,9 +62,10 @@ def camera_noise_map(experiment: Experiment, paths: ExperimentPaths) -> np.ndarr
 
 
 def psf_stack(experiment: Experiment) -> np.ndarray:
-    """PSFs of every channel, (channels, z, y, x) float32, on one common support."""
+    """PSFs of every channel, (channels, z, y, x) float32, on one common support (no taller than the stack)."""
     longest = max(c.emission_um for c in experiment.channels)
-    shape = psf_shape_zyx(experiment.voxel_size_zyx_um, longest, experiment.numerical_aperture)
+    shape = psf_shape_for_stack(psf_shape_zyx(experiment.voxel_size_zyx_um, longest, experiment.numerical_aperture),
+                                experiment.image_shape_zyx[0])
     return np.stack([
         widefield_psf(experiment.voxel_size_zyx_um, c.emission_um, experiment.numerical_aperture,
                       experiment.immersion_refractive_index, experiment.sample_refractive_index, shape_zyx=shape)
@@ -124,15 +127,17 @@ def run_init(experiment_dir, progress=print) -> Path:
     progress(f"psf_data: {len(experiment.channels)} channels, support {psf.shape[1:]} voxels")
     datastore.write_array(group / "camera_noise_map", noise)
     datastore.write_array(group / "psf_data", psf)
-    inputs = [paths.experiment_yaml, paths.codebook_csv, paths.exp_order_csv]
-    inputs += [paths.raw_file(name, "camera file") for name in (experiment.dark_frame, experiment.hot_pixel_map)
-               if name is not None]
+    camera_files = [paths.raw_file(name, "camera file") for name in (experiment.dark_frame, experiment.hot_pixel_map)
+                    if name is not None]
     attrs = calibration_attrs(experiment)
+    # The metadata files by their parsed content (what the workflow reruns init on), camera files by their bytes.
+    inputs = {"metadata": hashlib.sha256(canonical_json(attrs).encode()).hexdigest()}
+    inputs.update({str(p.relative_to(paths.root)): datastore.file_digest(p) for p in camera_files})
     attrs.update({
         "stage": "init",
         "software": datastore.software_versions(),
         "parameters": {},
-        "inputs_sha256": {str(p.relative_to(paths.root)): datastore.file_digest(p) for p in inputs},
+        "inputs_sha256": inputs,
         "arrays": {"camera_noise_map": datastore.array_record(noise), "psf_data": datastore.array_record(psf)},
     })
     datastore.write_marker(group, attrs)
