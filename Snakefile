@@ -30,8 +30,9 @@ include: "rules/datastore.smk"
 onstart:
     record_run(PIPELINE.experiment_dir, config, workflow.basedir)
     # Jobs are about to replace markers: until rule datastore summarizes them again, the old
-    # datastore.json would claim more than the markers show.
-    WITHDRAWN_SUMMARY.append(withdraw_datastore_json(PIPELINE.experiment_dir))
+    # datastore.json would claim more than the markers show. A run of exports alone replaces none.
+    if replaces_stage_markers(workflow.dag.needrun_jobs()):
+        WITHDRAWN_SUMMARY.append(withdraw_datastore_json(PIPELINE.experiment_dir))
 
 
 onsuccess:

@@ -12,6 +12,8 @@ rule segment:
         tiles=lambda wildcards: PIPELINE.segment_context_tiles(wildcards.tile),
     log:
         PIPELINE.log("segment", "{tile}"),
+    benchmark:
+        PIPELINE.benchmark("segment", "{tile}"),
     resources:
         mem_mb=segment_mem_mb,
     conda:
@@ -32,6 +34,8 @@ rule assign:
         expand_um=config["assignment"]["expand_um"],
     log:
         PIPELINE.log("assign", "assign"),
+    benchmark:
+        PIPELINE.benchmark("assign", "assign"),
     conda:
         "../envs/merfishflow.yaml"
     script:

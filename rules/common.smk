@@ -15,6 +15,12 @@ ALL_STAGE_MARKERS = PIPELINE.all_stage_markers()
 WITHDRAWN_SUMMARY = []
 
 
+def replaces_stage_markers(jobs) -> bool:
+    """Whether any of these Snakemake jobs writes a stage marker or product that datastore.json summarizes."""
+    markers = set(ALL_STAGE_MARKERS)
+    return any(str(path) in markers for job in jobs for path in job.output)
+
+
 wildcard_constraints:
     tile=WILDCARD_CONSTRAINTS["tile"],
 

@@ -11,6 +11,8 @@ rule datastore:
         simulated=PIPELINE.simulated,
     log:
         PIPELINE.log("datastore", "datastore"),
+    benchmark:
+        PIPELINE.benchmark("datastore", "datastore"),
     conda:
         "../envs/merfishflow.yaml"
     script:

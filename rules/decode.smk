@@ -10,6 +10,8 @@ rule decode:
     threads: 2
     log:
         PIPELINE.log("decode", "{tile}"),
+    benchmark:
+        PIPELINE.benchmark("decode", "{tile}"),
     resources:
         mem_mb=decode_mem_mb,
         runtime=decode_runtime,
@@ -30,6 +32,8 @@ rule filter_spots:
         filtering=config["filtering"],
     log:
         PIPELINE.log("filter", "filter"),
+    benchmark:
+        PIPELINE.benchmark("filter", "filter"),
     conda:
         "../envs/merfishflow.yaml"
     script:
@@ -48,6 +52,8 @@ if PIPELINE.simulated:
             radius_um=config["evaluation"]["radius_um"],
         log:
             PIPELINE.log("evaluate", "evaluate"),
+        benchmark:
+            PIPELINE.benchmark("evaluate", "evaluate"),
         conda:
             "../envs/merfishflow.yaml"
         script:

@@ -15,7 +15,9 @@ for round_ in PIPELINE.experiment.rounds:
             deconvolution=config["deconvolution"],
         log:
             PIPELINE.log("deconvolve", "{tile}_" + round_),
-        threads: 2
+        benchmark:
+            PIPELINE.benchmark("deconvolve", "{tile}_" + round_),
+        threads: 1
         group:
             "tile"
         resources:

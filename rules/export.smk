@@ -6,6 +6,8 @@ rule export_imagej:
         PIPELINE.export_tiff_pattern("imagej"),
     log:
         PIPELINE.log("export", "{tile}_{what}_imagej"),
+    benchmark:
+        PIPELINE.benchmark("export", "{tile}_{what}_imagej"),
     wildcard_constraints:
         what="readouts|fiducials|all",
     conda:
@@ -21,6 +23,8 @@ rule export_ome:
         PIPELINE.export_tiff_pattern("ome"),
     log:
         PIPELINE.log("export", "{tile}_{what}_ome"),
+    benchmark:
+        PIPELINE.benchmark("export", "{tile}_{what}_ome"),
     wildcard_constraints:
         what="readouts|fiducials|all",
     conda:
@@ -36,6 +40,8 @@ rule export_spacetx:
         PIPELINE.export_spacetx_pattern(),
     log:
         PIPELINE.log("export", "{tile}_spacetx"),
+    benchmark:
+        PIPELINE.benchmark("export", "{tile}_spacetx"),
     conda:
         "../envs/merfishflow.yaml"
     script:
@@ -49,7 +55,37 @@ rule export_starfish_codebook:
         PIPELINE.export_codebook_path,
     log:
         PIPELINE.log("export", "starfish_codebook"),
+    benchmark:
+        PIPELINE.benchmark("export", "starfish_codebook"),
     conda:
         "../envs/merfishflow.yaml"
     script:
         "../scripts/export_codebook.py"
+
+
+rule export_ome_zarr:
+    input:
+        PIPELINE.interop_inputs(),
+    output:
+        PIPELINE.export_ome_zarr_pattern(),
+    params:
+        pyramid_max_px=PIPELINE.config["exports"]["pyramid_max_px"],
+    log:
+        PIPELINE.log("export", "{tile}_ome_zarr"),
+    conda:
+        "../envs/merfishflow.yaml"
+    script:
+        "../scripts/export_ome_zarr.py"
+
+
+rule export_spatialdata:
+    input:
+        PIPELINE.spatialdata_inputs(),
+    output:
+        directory(PIPELINE.export_spatialdata_path),
+    log:
+        PIPELINE.log("export", "spatialdata"),
+    conda:
+        "../envs/merfishflow.yaml"
+    script:
+        "../scripts/export_spatialdata.py"

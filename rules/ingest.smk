@@ -18,7 +18,9 @@ for round_ in PIPELINE.experiment.rounds:
             slab_planes=config["ingest"]["slab_planes"],
         log:
             PIPELINE.log("ingest", "{tile}_" + round_),
-        threads: 2
+        benchmark:
+            PIPELINE.benchmark("ingest", "{tile}_" + round_),
+        threads: 1
         group:
             "tile"
         resources:

@@ -2,7 +2,7 @@
 rule init:
     input:
         **{key: ancient(path) for key, path in PIPELINE.parsed_metadata_files().items()},
-        **PIPELINE.camera_files(),
+        **PIPELINE.binary_metadata_files(),
     output:
         PIPELINE.calibrations_marker,
     params:
@@ -10,6 +10,8 @@ rule init:
         metadata=PIPELINE.init_metadata(),
     log:
         PIPELINE.log("init", "init"),
+    benchmark:
+        PIPELINE.benchmark("init", "init"),
     group:
         "setup"
     conda:

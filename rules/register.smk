@@ -9,6 +9,8 @@ rule register_local:
         registration=config["registration"],
     log:
         PIPELINE.log("register_local", "{tile}"),
+    benchmark:
+        PIPELINE.benchmark("register_local", "{tile}"),
     threads: 2
     group:
         "tile"
@@ -31,6 +33,8 @@ rule register_global:
         registration=config["registration"],
     log:
         PIPELINE.log("register_global", "register_global"),
+    benchmark:
+        PIPELINE.benchmark("register_global", "register_global"),
     conda:
         "../envs/merfishflow.yaml"
     script:

@@ -9,6 +9,8 @@ if PIPELINE.simulated:
             simulation=config["simulation"]["params"],
         log:
             PIPELINE.log("simulate", "simulate"),
+        benchmark:
+            PIPELINE.benchmark("simulate", "simulate"),
         threads: 4
         group:
             "setup"

@@ -99,3 +99,15 @@ def test_failed_rerun_leaves_a_truthful_summary(demo_copy):
 
     truth = stage_states(load_experiment(experiment, check_tiffs=False), experiment, simulated=True)
     assert summary["stages"] == truth
+
+
+def test_an_export_only_run_keeps_the_summary(demo_copy):
+    """Exports replace no stage marker: a run that only adds them neither withdraws datastore.json nor fails
+    on it (rule all lists it)."""
+    workdir, _, experiment = demo_copy
+    summary = ExperimentPaths(experiment).datastore_json
+    before = (summary.stat().st_mtime_ns, summary.read_bytes())
+    config = write_config(workdir / "config.yaml", "experiment",
+                          exports={"tiles": ["tile0000"], "tiff": ["imagej"], "what": "readouts"})
+    run_snakemake(workdir, config)
+    assert (summary.stat().st_mtime_ns, summary.read_bytes()) == before

@@ -138,6 +138,41 @@ def test_all_zero_image_gives_zeros(psf):
     assert out.dtype == np.float32 and not out.any()
 
 
+# acceleration ----------------------------------------------------------------------------------
+def test_accelerated_starts_as_plain_richardson_lucy(psf, spots):
+    image, _ = spots
+    # No extrapolation before two steps exist: the first two iterations are plain Richardson-Lucy.
+    plain = richardson_lucy(image, psf, 2)
+    assert np.array_equal(richardson_lucy(image, psf, 2, acceleration="biggs_andrews"), plain)
+
+
+def test_accelerated_sharpens_in_half_the_iterations(psf, spots):
+    image, positions = spots
+    before = lateral_fwhms(image, positions).mean()
+    plain = 1 - lateral_fwhms(richardson_lucy(image, psf, 2 * 15), positions).mean() / before
+    out = richardson_lucy(image, psf, 15, acceleration="biggs_andrews")
+    fast = 1 - lateral_fwhms(out, positions).mean() / before
+    # Measured: 15 accelerated iterations shrink the FWHM by 25.6 %, 30 plain ones by 27.4 %,
+    # 15 plain ones by 14 %.
+    assert fast >= 0.9 * plain, (fast, plain)
+    assert np.all(out >= 0) and abs(out.sum(dtype=np.float64) / image.sum(dtype=np.float64) - 1) < 0.02
+
+
+def test_accelerated_stops_and_is_deterministic(psf, crowded):
+    tol = 1e-2
+    out, info = richardson_lucy(crowded, psf, 200, acceleration="biggs_andrews", stop_tolerance=tol,
+                                tile_yx=96, return_info=True)
+    assert 2 < info.max_iterations < 200 and np.all(info.final_change < tol)
+    again = richardson_lucy(crowded, psf, 200, acceleration="biggs_andrews", stop_tolerance=tol, tile_yx=96)
+    assert out.tobytes() == again.tobytes()
+
+
+def test_accelerated_peak_memory_counts_two_more_blocks():
+    plain = richardson_lucy_peak_bytes((20, 512, 512), (11, 21, 21), tile_yx=256)
+    fast = richardson_lucy_peak_bytes((20, 512, 512), (11, 21, 21), tile_yx=256, acceleration="biggs_andrews")
+    assert fast > plain
+
+
 # tiling ----------------------------------------------------------------------------------------
 def test_tiled_matches_untiled(psf, crowded):
     ref = richardson_lucy(crowded, psf, N_ITER)
@@ -202,6 +237,7 @@ def test_automatic_stopping(psf, spots):
     ({"tile_yx": 16, "overlap_yx": 24}, "tile_yx"),
     ({"tile_yx": 0}, "tile_yx"),
     ({"pad_mode": "wrap"}, "pad_mode"),
+    ({"acceleration": "anderson"}, "acceleration"),
     ({"xp": "torch"}, "xp"),
 ])
 def test_bad_input_raises_input_error(psf, kwargs, message):
@@ -236,14 +272,16 @@ def test_auto_backend_without_gpu_is_cpu(psf, spots):
     assert info.backend == "numpy" and np.array_equal(out, richardson_lucy(image, psf, 2))
 
 
-def test_gpu_matches_cpu(psf, crowded):
+@pytest.mark.parametrize("acceleration", [None, "biggs_andrews"])
+def test_gpu_matches_cpu(psf, crowded, acceleration):
     from merfishflow.image.deconvolution import _gpu_cupy
 
     cupy = _gpu_cupy()
     if cupy is None:
         pytest.skip("cupy is not installed or sees no CUDA device")
-    cpu = richardson_lucy(crowded, psf, N_ITER, tile_yx=96, overlap_yx=24)
-    gpu, info = richardson_lucy(crowded, psf, N_ITER, tile_yx=96, overlap_yx=24, xp=cupy, return_info=True)
+    cpu = richardson_lucy(crowded, psf, N_ITER, tile_yx=96, overlap_yx=24, acceleration=acceleration)
+    gpu, info = richardson_lucy(crowded, psf, N_ITER, tile_yx=96, overlap_yx=24, xp=cupy, return_info=True,
+                                acceleration=acceleration)
     assert info.backend == "cupy" and gpu.dtype == np.float32 and isinstance(gpu, np.ndarray)
     # Different FFT libraries (pocketfft vs cuFFT) in float32: agreement to round-off, not bytes.
     assert np.abs(gpu - cpu).max() <= 1e-3 * cpu.max()

@@ -40,6 +40,30 @@ def test_readouts_take_their_own_rounds_transform(demo_run):
             assert np.array_equal(datastore.read_marked_array(registered), expected)
 
 
+def test_flow_decision_and_both_scores_are_recorded(demo_run):
+    _, _, experiment_dir = demo_run
+    paths = ExperimentPaths(experiment_dir)
+    experiment = load_experiment(experiment_dir)
+    for tile in experiment.tiles:
+        for round_ in experiment.rounds[1:]:
+            fiducial = datastore.read_marker(paths.fiducial_array(tile, round_, REGISTERED_DATA))
+            field_path = paths.fiducial_array(tile, round_, FLOW_FIELD)
+            field_attrs = datastore.read_marker(field_path)
+            gain = fiducial["parameters"]["min_flow_gain"]
+            assert fiducial["flow_decision"] in ("accepted", "rejected")
+            assert (fiducial["flow_decision"] == "accepted") == (fiducial["ncc_flow"] > fiducial["ncc_rigid"] + gain)
+            for key in ("ncc_rigid", "ncc_flow", "flow_decision", "shift_zyx_px"):
+                assert field_attrs[key] == fiducial[key]
+            field = datastore.read_marked_array(field_path)
+            if fiducial["flow_decision"] == "rejected":
+                assert not field.any() and field_attrs["candidate_rms_px"] is not None
+            else:
+                assert field.any() and field_attrs["candidate_rms_px"] is None
+            for bit, _ in experiment.bits_of_round(round_):
+                readout = datastore.read_marker(paths.readout_array(tile, bit, REGISTERED_DATA))
+                assert readout["flow_decision"] == fiducial["flow_decision"]
+
+
 def test_round_zero_is_the_reference_and_copied(demo_run):
     _, _, experiment_dir = demo_run
     paths = ExperimentPaths(experiment_dir)

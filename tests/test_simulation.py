@@ -306,12 +306,14 @@ def test_hot_pixels_in_every_frame(small_experiment):
 # registration truth -----------------------------------------------------------------------
 
 
-def test_phase_correlation_recovers_round_shift(tmp_path):
+@pytest.mark.parametrize("fiducial_kind", ["polydt", "beads"])
+def test_phase_correlation_recovers_round_shift(tmp_path, fiducial_kind):
     from scipy.signal.windows import tukey
     from skimage.registration import phase_cross_correlation
 
     params = dict(seed=3, n_tiles_yx=(1, 1), n_rounds=4, n_readout_channels=2, image_shape_zyx=(24, 96, 96),
-                  n_genes=4, n_blanks=0, deformation_amplitude_px=0.05, spots_per_cell=10.0)
+                  n_genes=4, n_blanks=0, deformation_amplitude_px=0.05, spots_per_cell=10.0,
+                  fiducial_kind=fiducial_kind, bead_spacing_px=30.0)
     simulate_experiment(tmp_path, params)
     transforms = json.loads((tmp_path / "ground_truth" / "transforms.json").read_text())
     dark = tifffile.imread(tmp_path / "raw_data" / "camera_dark_frame.tif")
@@ -329,6 +331,26 @@ def test_phase_correlation_recovers_round_shift(tmp_path):
         truth = np.array(transforms["rounds"][r]["shift_zyx_px"])
         # skimage returns the shift that moves round r back onto round 0: -truth.
         np.testing.assert_allclose(found, -truth, atol=0.3)
+
+
+def test_bead_fiducial_is_sparse_points_and_polydt_record_unchanged(tmp_path):
+    # The default record carries no bead keys: experiments simulated before they existed still match.
+    assert not {"fiducial_kind", "bead_spacing_px", "bead_photons"} & set(SimulationParams().to_dict())
+    beads = SimulationParams(fiducial_kind="beads", bead_spacing_px=20.0)
+    assert SimulationParams.from_dict(beads.to_dict()) == beads
+    with pytest.raises(InputError, match="fiducial_kind='dots'.*polydt, beads"):
+        SimulationParams(fiducial_kind="dots")
+    params = dict(seed=2, n_tiles_yx=(1, 1), n_rounds=2, image_shape_zyx=(8, 80, 80), n_genes=2, n_blanks=0,
+                  codeword_weight=2, min_hamming_distance=2,
+                  fiducial_kind="beads", bead_spacing_px=20.0)
+    simulate_experiment(tmp_path, params)
+    dark = tifffile.imread(tmp_path / "raw_data" / "camera_dark_frame.tif")
+    fiducial = (tifffile.imread(tmp_path / "raw_data" / "tile0000" / "round0000.tif")[0] - dark).max(axis=0)
+    # About (80 / 20)^2 = 16 beads: bright isolated peaks on a flat background, not a stain covering cells.
+    from skimage.feature import peak_local_max
+    peaks = peak_local_max(fiducial.astype(np.float64), min_distance=5, threshold_abs=np.median(fiducial) * 4)
+    assert 8 <= len(peaks) <= 25
+    assert np.mean(fiducial > np.median(fiducial) * 2) < 0.1
 
 
 # determinism ------------------------------------------------------------------------------

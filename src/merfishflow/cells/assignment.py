@@ -35,7 +35,9 @@ class GlobalCells:
         One row per global cell: ``cell_id`` (int32), ``centroid_z_um``,
         ``centroid_y_um``, ``centroid_x_um`` (global µm, volume-weighted over
         its instances), ``volume_um3``, ``n_instances``, ``tiles`` (str,
-        ';'-separated tile indices).
+        ';'-separated tile indices), ``instance_tile`` and ``instance_label``
+        (int32 arrays: the tile index and local mask label of each instance,
+        sorted; the persisted form of ``instance_to_cell``).
     """
 
     instance_to_cell: dict
@@ -146,6 +148,12 @@ def merge_cells(mask_sets, load_labels, min_shared_fraction=0.5, progress=None) 
         "n_instances": np.array([len(rows[c]["tiles"]) for c in cells], np.int32),
         "tiles": [";".join(str(t) for t in sorted(set(rows[c]["tiles"]))) for c in cells],
     })
+    # The (tile, local label) -> cell_id mapping itself, so readers never recompute the merge.
+    members = {}
+    for (t, label), cell in sorted(mapping.items()):
+        members.setdefault(cell, []).append((t, label))
+    table["instance_tile"] = [np.array([t for t, _ in members[c]], np.int32) for c in cells]
+    table["instance_label"] = [np.array([lab for _, lab in members[c]], np.int32) for c in cells]
     return GlobalCells(mapping, table)
 
 

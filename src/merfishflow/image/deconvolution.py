@@ -22,6 +22,16 @@ fast FFT length; the PSF's transfer function (OTF) and its complex conjugate
 costs exactly two forward and two inverse real FFTs plus five element-wise
 passes. Everything is float32 / complex64.
 
+Acceleration
+------------
+With ``acceleration="biggs_andrews"`` each update is applied at a point
+extrapolated along the previous step (Biggs & Andrews 1997):
+``y_k = max(x_k + a_k (x_k - x_{k-1}), 0)``, ``x_{k+1} = y_k * correlate(d /
+convolve(y_k, h), h)``, with ``a_k`` the clipped correlation of the last two
+steps. The FFTs per iteration are the same; about six element-wise passes and
+two dot products are added, and two more block buffers are held. It reaches
+the sharpness of plain iterations in about half as many.
+
 Boundaries and tiling
 ---------------------
 Each block is padded per side by the PSF half-size in z and twice the PSF
@@ -71,6 +81,9 @@ PAD_MODES = ("reflect", "edge")
 # tiled and untiled runs (30 iterations); with 2, 0.1 %; the FFT block grows by ~4 % laterally.
 PAD_FACTOR_YX = 2
 EPS_RELATIVE = 1e-6  # division guard, relative to the image mean
+ACCELERATIONS = (None, "biggs_andrews")
+# Upper bound of the Biggs–Andrews extrapolation weight: steps at 1 can overshoot into oscillation.
+ALPHA_MAX = 0.95
 
 
 # results -----------------------------------------------------------------------------------------
@@ -276,10 +289,11 @@ def _plan(image_shape, psf_shape, tile_yx, overlap_yx):
 # (complex64); plus the staging copy of the block's input.
 _REAL_BUFFERS = 3
 _COMPLEX_BUFFERS = 4
+_ACCELERATION_BUFFERS = 2
 
 
 def richardson_lucy_peak_bytes(image_shape_zyx, psf_shape_zyx, tile_yx=None, overlap_yx=None, *,
-                               input_itemsize=2, include_input=True):
+                               input_itemsize=2, include_input=True, acceleration=None):
     """Estimated peak memory of :func:`richardson_lucy` on the CPU, in bytes.
 
     Parameters
@@ -291,6 +305,9 @@ def richardson_lucy_peak_bytes(image_shape_zyx, psf_shape_zyx, tile_yx=None, ove
         Bytes per input voxel (2 for uint16).
     include_input : bool
         Count the input array itself (it is the caller's, but it is resident).
+    acceleration : {None, "biggs_andrews"}
+        As for :func:`richardson_lucy`: the extrapolation holds two more
+        float32 block buffers (the previous estimate and the previous step).
 
     Returns
     -------
@@ -304,7 +321,8 @@ def richardson_lucy_peak_bytes(image_shape_zyx, psf_shape_zyx, tile_yx=None, ove
     nvox = int(np.prod(image_shape_zyx))
     block = int(np.prod(fft_shape))
     spectrum = fft_shape[0] * fft_shape[1] * (fft_shape[2] // 2 + 1)
-    total = nvox * 4 + _REAL_BUFFERS * block * 4 + _COMPLEX_BUFFERS * spectrum * 8 + block * input_itemsize
+    real_buffers = _REAL_BUFFERS + (_ACCELERATION_BUFFERS if acceleration is not None else 0)
+    total = nvox * 4 + real_buffers * block * 4 + _COMPLEX_BUFFERS * spectrum * 8 + block * input_itemsize
     if include_input:
         total += nvox * input_itemsize
     return int(total)
@@ -341,11 +359,13 @@ class _NumpyBackend:
         return a
 
     def sumsq(self, a):
+        return self.dot(a, a)
+
+    def dot(self, a, b):
         # float32 dot per plane, accumulated in float64: no temporaries, deterministic.
         total = 0.0
-        for plane in a:
-            flat = plane.reshape(-1)
-            total += float(np.dot(flat, flat))
+        for plane_a, plane_b in zip(a, b):
+            total += float(np.dot(plane_a.reshape(-1), plane_b.reshape(-1)))
         return total
 
 
@@ -368,8 +388,10 @@ class _CupyBackend:
         return self.xp.asnumpy(a)
 
     def sumsq(self, a):
-        flat = a.reshape(-1)
-        return float(self.xp.vdot(flat, flat))
+        return self.dot(a, a)
+
+    def dot(self, a, b):
+        return float(self.xp.vdot(a.reshape(-1), b.reshape(-1)))
 
 
 def _gpu_cupy():
@@ -410,6 +432,23 @@ def _otf(psf, fft_shape, backend):
     return otf, backend.xp.conjugate(otf)
 
 
+def _rl_factor(est, data, otfs, eps, backend):
+    """The multiplicative Richardson–Lucy update at ``est``: ``correlate(d / max(convolve(est, h), eps), h)``."""
+    xp = backend.xp
+    otf, otf_conj = otfs
+    shape = est.shape
+    spec = backend.rfftn(est)
+    spec *= otf
+    blurred = backend.irfftn(spec, shape)                     # u * h
+    del spec
+    xp.maximum(blurred, eps, out=blurred)
+    xp.divide(data, blurred, out=blurred)                     # ratio d / (u * h)
+    spec = backend.rfftn(blurred, overwrite=True)
+    del blurred
+    spec *= otf_conj                                          # correlation with h
+    return backend.irfftn(spec, shape)
+
+
 def _rl_block(data, otfs, init, eps, n_iter, tol, backend):
     """Richardson–Lucy on one padded block (on the backend's device); returns (estimate, iters, change).
 
@@ -417,23 +456,11 @@ def _rl_block(data, otfs, init, eps, n_iter, tol, backend):
     up to FFT round-off, so the estimate is clipped at 0 once at the end rather than every iteration.
     """
     xp = backend.xp
-    otf, otf_conj = otfs
-    shape = data.shape
-    est = xp.full(shape, init, dtype=xp.float32)
+    est = xp.full(data.shape, init, dtype=xp.float32)
     change, k = float("nan"), 0
     while k < n_iter:
         k += 1
-        spec = backend.rfftn(est)
-        spec *= otf
-        blurred = backend.irfftn(spec, shape)                 # u * h
-        del spec
-        xp.maximum(blurred, eps, out=blurred)
-        xp.divide(data, blurred, out=blurred)                 # ratio d / (u * h)
-        spec = backend.rfftn(blurred, overwrite=True)
-        del blurred
-        spec *= otf_conj                                      # correlation with h
-        corr = backend.irfftn(spec, shape)
-        del spec
+        corr = _rl_factor(est, data, otfs, eps, backend)
         if tol is None:
             est *= corr
             del corr
@@ -450,8 +477,48 @@ def _rl_block(data, otfs, init, eps, n_iter, tol, backend):
     return est, k, change
 
 
-def richardson_lucy(image, psf, n_iter=50, *, stop_tolerance=None, tile_yx=None, overlap_yx=None, xp=None,
-                    progress=None, pad_mode="reflect", workers=None, return_info=False):
+def _rl_block_accelerated(data, otfs, init, eps, n_iter, tol, backend):
+    """Richardson–Lucy with Biggs–Andrews vector extrapolation on one padded block; as :func:`_rl_block`.
+
+    Each iteration applies the update at a point predicted along the last step,
+    ``y_k = x_k + a_k (x_k - x_{k-1})`` (clipped at 0), so ``x_{k+1} = y_k * factor(y_k)``; the step
+    ``g_k = x_{k+1} - y_k`` gives ``a_{k+1} = <g_k, g_{k-1}> / <g_{k-1}, g_{k-1}>`` in [0, ALPHA_MAX]
+    (Biggs & Andrews 1997, Appl. Opt. 36:1766). The first two iterations are plain Richardson–Lucy.
+    """
+    xp = backend.xp
+    est = xp.full(data.shape, init, dtype=xp.float32)
+    prev = step_prev = None                                   # x_{k-1}, g_{k-1}
+    alpha, step_prev_norm, change, k = 0.0, 0.0, float("nan"), 0
+    while k < n_iter:
+        k += 1
+        if prev is None:
+            point = est.copy()
+        else:                                                 # y_k, in the buffer of x_{k-1}
+            point = xp.subtract(est, prev, out=prev)
+            point *= np.float32(alpha)
+            point += est
+            xp.maximum(point, 0, out=point)
+        new = _rl_factor(point, data, otfs, eps, backend)
+        new *= point                                          # x_{k+1} = y_k * factor(y_k)
+        step = xp.subtract(new, point, out=point)             # g_k = x_{k+1} - y_k
+        step_norm = backend.sumsq(step)
+        if step_prev is not None and step_prev_norm > 0:
+            alpha = min(max(backend.dot(step, step_prev) / step_prev_norm, 0.0), ALPHA_MAX)
+        if tol is not None:
+            norm_prev = backend.sumsq(est)
+            diff = xp.subtract(new, est, out=step_prev) if step_prev is not None else new - est
+            change = math.sqrt(backend.sumsq(diff) / norm_prev) if norm_prev > 0 else 0.0
+            del diff
+        prev, est, step_prev, step_prev_norm = est, new, step, step_norm
+        del new, step, point
+        if tol is not None and change < tol:
+            break
+    xp.maximum(est, 0, out=est)
+    return est, k, change
+
+
+def richardson_lucy(image, psf, n_iter=50, *, stop_tolerance=None, acceleration=None, tile_yx=None, overlap_yx=None,
+                    xp=None, progress=None, pad_mode="reflect", workers=None, return_info=False):
     """3D Richardson–Lucy deconvolution of a (z, y, x) image, optionally tiled in y/x.
 
     Parameters
@@ -473,6 +540,12 @@ def richardson_lucy(image, psf, n_iter=50, *, stop_tolerance=None, tile_yx=None,
         (e.g. ``1e-2``: about 35 iterations on the simulated spots; the
         change decays slowly, ~0.7 % at 50 and ~0.2 % at 200 iterations).
         None (default) runs exactly ``n_iter`` iterations.
+    acceleration : {None, "biggs_andrews"}
+        None: plain Richardson–Lucy. ``"biggs_andrews"``: each update is
+        applied at a point extrapolated along the previous step (Biggs &
+        Andrews 1997), which reaches a given sharpness in fewer iterations
+        (benchmarks/RESULTS.md) at the cost of two more float32 block
+        buffers.
     tile_yx : int or (int, int), optional
         Process y/x blocks whose cores are at most this large (the whole z
         extent each); None (default) processes the image as one block.
@@ -523,27 +596,12 @@ def richardson_lucy(image, psf, n_iter=50, *, stop_tolerance=None, tile_yx=None,
     >>> psf = widefield_psf((0.31, 0.108, 0.108), 0.59, 1.3, 1.4)
     >>> out = richardson_lucy(image, psf, 50, tile_yx=512)            # doctest: +SKIP
     """
-    if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 1:
-        raise InputError(f"n_iter={n_iter!r} must be an integer >= 1")
-    n_iter = int(n_iter)
-    if stop_tolerance is not None:
-        try:
-            stop_tolerance = float(stop_tolerance)
-        except (TypeError, ValueError):
-            raise InputError(f"stop_tolerance={stop_tolerance!r} must be a positive number or None") from None
-        if not (math.isfinite(stop_tolerance) and stop_tolerance > 0):
-            raise InputError(f"stop_tolerance={stop_tolerance!r} must be a positive number or None")
-    if pad_mode not in PAD_MODES:
-        raise InputError(f"pad_mode={pad_mode!r} must be one of {PAD_MODES}")
-    if workers is None:
-        workers = _available_workers()
-    elif isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise InputError(f"workers={workers!r} must be an integer >= 1")
+    n_iter, stop_tolerance, workers = _check_options(n_iter, stop_tolerance, acceleration, pad_mode, workers)
     image = np.asarray(image)
     psf = _check_psf(psf)
     mean = _scan_image(image)
     zblock, yblocks, xblocks, fft_shape = _plan(image.shape, psf.shape, tile_yx, overlap_yx)
-    backend = _backend(xp, int(workers))
+    backend = _backend(xp, workers)
 
     out = np.zeros(image.shape, dtype=np.float32)
     iterations = np.zeros((len(yblocks), len(xblocks)), dtype=np.int64)
@@ -552,11 +610,12 @@ def richardson_lucy(image, psf, n_iter=50, *, stop_tolerance=None, tile_yx=None,
         eps = np.float32(max(EPS_RELATIVE * mean, np.finfo(np.float32).tiny))
         init = np.float32(mean)
         otfs = _otf(psf, fft_shape, backend)
+        run_block = _rl_block if acceleration is None else _rl_block_accelerated
         n_blocks = iterations.size
         for iy, yb in enumerate(yblocks):
             for ix, xb in enumerate(xblocks):
                 data = _padded_block(image, zblock, yb, xb, pad_mode)
-                est, its, change = _rl_block(backend.to_device(data), otfs, init, eps, n_iter, stop_tolerance,
+                est, its, change = run_block(backend.to_device(data), otfs, init, eps, n_iter, stop_tolerance,
                                              backend)
                 del data
                 iterations[iy, ix], final_change[iy, ix] = its, change
@@ -568,6 +627,28 @@ def richardson_lucy(image, psf, n_iter=50, *, stop_tolerance=None, tile_yx=None,
     if return_info:
         return out, RichardsonLucyInfo(iterations, final_change, tuple(fft_shape), backend.name)
     return out
+
+
+def _check_options(n_iter, stop_tolerance, acceleration, pad_mode, workers):
+    """Validated ``(n_iter, stop_tolerance, workers)`` of :func:`richardson_lucy`."""
+    if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 1:
+        raise InputError(f"n_iter={n_iter!r} must be an integer >= 1")
+    if stop_tolerance is not None:
+        try:
+            stop_tolerance = float(stop_tolerance)
+        except (TypeError, ValueError):
+            raise InputError(f"stop_tolerance={stop_tolerance!r} must be a positive number or None") from None
+        if not (math.isfinite(stop_tolerance) and stop_tolerance > 0):
+            raise InputError(f"stop_tolerance={stop_tolerance!r} must be a positive number or None")
+    if acceleration not in ACCELERATIONS:
+        raise InputError(f"acceleration={acceleration!r} must be one of {ACCELERATIONS}")
+    if pad_mode not in PAD_MODES:
+        raise InputError(f"pad_mode={pad_mode!r} must be one of {PAD_MODES}")
+    if workers is None:
+        workers = _available_workers()
+    elif isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise InputError(f"workers={workers!r} must be an integer >= 1")
+    return int(n_iter), stop_tolerance, int(workers)
 
 
 def _padded_block(image, zb, yb, xb, mode):

@@ -493,10 +493,18 @@ class RoundRegistration:
         Block size of ``field``'s grid.
     ncc_before, ncc_rigid, ncc_after : float or None
         Normalised cross-correlation of the reference with the moving image
-        unregistered, after the rigid shift, and after shift + field (None
-        when not computed), over the interior of the image (a margin of
+        unregistered, after the rigid shift, and after shift + the optical
+        flow field (None when not computed; the flow's score even when the
+        field was rejected), over the interior of the image (a margin of
         ``ceil(max |displacement|) + 1`` voxels per side dropped where the
         image is large enough).
+    flow_accepted : bool or None
+        Whether the optical-flow field was kept (``ncc_after`` at least
+        ``min_flow_gain`` above ``ncc_rigid``); None when no field was
+        computed or no guard was asked for. A rejected field is not in
+        ``field`` (None: the rigid result is applied) but in ``rejected_field``.
+    rejected_field : ndarray of float32 or None
+        The optical-flow field that was computed and rejected.
     """
 
     shift_zyx_px: np.ndarray
@@ -505,6 +513,8 @@ class RoundRegistration:
     ncc_before: float | None = None
     ncc_rigid: float | None = None
     ncc_after: float | None = None
+    flow_accepted: bool | None = None
+    rejected_field: np.ndarray | None = None
 
     def displacement(self, full_shape):
         """Total displacement at every voxel, see :func:`total_displacement`."""
@@ -551,11 +561,18 @@ def rigid_shift_yx(reference, moving, *, upsample_factor=20, window_alpha=0.3):
 
 
 def register_round(reference, moving, *, upsample_factor=20, downsample=DEFAULT_DOWNSAMPLE, method="ilk",
-                   flow=True, metrics=True, rigid_crop_yx=None, **flow_kwargs):
+                   flow=True, metrics=True, rigid_crop_yx=None, min_flow_gain=0.0, **flow_kwargs):
     """Rigid shift, then optical flow, of one round's fiducial onto round 0's.
 
     A stack of ``THIN_STACK_PLANES`` planes or fewer gets a rigid y/x shift
     only (:func:`rigid_shift_yx`; no z shift, no flow field).
+
+    The flow field is kept only where it makes the round align better: if
+    the normalised cross-correlation with the reference after shift + field
+    does not exceed the one after the shift alone by ``min_flow_gain``, the
+    field is rejected and the rigid result stands. On sparse fiducials
+    (beads) the flow has little to follow between beads and mostly adds
+    false displacements, which this catches.
 
     Parameters
     ----------
@@ -574,7 +591,11 @@ def register_round(reference, moving, *, upsample_factor=20, downsample=DEFAULT_
         tile. The optical flow then corrects what the crop's shift misses.
     metrics : bool, optional
         Compute the normalised cross-correlations (three resamplings of
-        ``moving``; costs about as much as the optical flow).
+        ``moving``; costs about as much as the optical flow). Always done
+        when a flow field is computed and ``min_flow_gain`` is not None.
+    min_flow_gain : float or None, optional
+        Keep the flow field only if it raises the correlation by more than
+        this; None keeps it unconditionally.
     **flow_kwargs
         Further arguments of :func:`optical_flow_field`.
 
@@ -596,7 +617,8 @@ def register_round(reference, moving, *, upsample_factor=20, downsample=DEFAULT_
         field = optical_flow_field(reference, moving, shift_zyx_px=shift, downsample=factors, method=method,
                                    **flow_kwargs)
     ncc = [None, None, None]
-    if metrics:
+    guard = field is not None and min_flow_gain is not None
+    if metrics or guard:
         reach = np.abs(shift) + (np.abs(field).max(axis=(1, 2, 3)) if field is not None else 0.0)
         inner = _interior(reference.shape, np.ceil(reach).astype(int) + 1)
         ref = reference[inner]
@@ -605,4 +627,9 @@ def register_round(reference, moving, *, upsample_factor=20, downsample=DEFAULT_
         if field is not None:
             ncc[2] = normalized_cross_correlation(
                 ref, apply_transform(moving, shift, field, downsample=factors)[inner])
-    return RoundRegistration(shift, field, factors, *ncc)
+    accepted, rejected = None, None
+    if guard:
+        accepted = bool(ncc[2] > ncc[1] + float(min_flow_gain))
+        if not accepted:
+            field, rejected = None, field
+    return RoundRegistration(shift, field, factors, *ncc, flow_accepted=accepted, rejected_field=rejected)

@@ -8,7 +8,7 @@ and a digest of the inputs. Readers go through :func:`read_marker` /
 
 Arrays are chunked by z-plane (one chunk = one ``(1, Y, X)`` plane, or the
 last two axes for higher-dimensional arrays) and blosc-zstd compressed with
-byte shuffle, single-threaded so that the bytes never depend on the machine.
+bit shuffle, single-threaded so that the bytes never depend on the machine.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from .fileio import canonical_json, write_text
 ZARR_FORMAT = 2
 COMPRESSOR = {"id": "blosc", "cname": "zstd", "clevel": 5, "shuffle": 2, "blocksize": 0}
 MARKER = ".zattrs"
+ARRAY_DIMENSIONS = "_ARRAY_DIMENSIONS"
+ZYX = ("z", "y", "x")
 
 
 def software_versions() -> dict:
@@ -178,25 +180,44 @@ def create_array(path, shape, dtype, *, threads=1):
                    context=_context(threads)).result()
 
 
-def write_marked_array(path, data, attrs: dict, *, threads=1) -> Path:
+def dimension_attrs(dims) -> dict:
+    """The xarray convention for zarr v2 (``_ARRAY_DIMENSIONS``): how ``xarray.open_zarr`` names the axes."""
+    return {ARRAY_DIMENSIONS: [str(d) for d in dims]}
+
+
+def write_dimension_names(path, dims) -> Path:
+    """Write the ``.zattrs`` of an array whose marker is its group's: only the axis names (written before
+    that group marker, by the same job)."""
+    return write_text(Path(path) / MARKER, canonical_json(dimension_attrs(dims)))
+
+
+def write_marked_array(path, data, attrs: dict, *, threads=1, dims=ZYX) -> Path:
     """Write an array that is its own job's output: data first, then its ``.zattrs`` marker.
 
-    The marker records the array's shape, dtype and chunks next to ``attrs``;
-    :func:`open_marked_array` checks both.
+    The marker records the array's shape, dtype and chunks and its axis names
+    (``_ARRAY_DIMENSIONS``, default z, y, x) next to ``attrs``;
+    :func:`open_marked_array` checks shape and dtype.
     """
     path = Path(path)
+    if len(dims) != data.ndim:
+        raise ValueError(f"{path}: {len(dims)} dimension names for a {data.ndim}-D array")
     remove_marker(path)
     handle = create_array(path, data.shape, data.dtype, threads=threads)
     handle.write(np.ascontiguousarray(data)).result()
     body = dict(attrs)
     body.update(array_record(data))
+    body.update(dimension_attrs(dims))
     return write_marker(path, body)
 
 
-def write_array(path, data) -> None:
-    """Write a whole in-memory array (small arrays: calibrations, fields)."""
+def write_array(path, data, dims=None) -> None:
+    """Write a whole in-memory array (small arrays: calibrations) and its axis names (default: the last
+    three are z, y, x; leading ones ``dim_0``, ...)."""
     handle = create_array(path, data.shape, data.dtype)
     handle.write(np.ascontiguousarray(data)).result()
+    if dims is None:
+        dims = [f"dim_{k}" for k in range(max(0, data.ndim - 3))] + list(ZYX[max(0, 3 - data.ndim):])
+    write_dimension_names(path, dims)
 
 
 # Arrays whose chunks may legitimately be all fill value (0), which tensorstore does not store:

@@ -14,6 +14,8 @@ import csv
 import math
 import re
 from dataclasses import dataclass
+
+import numpy as np
 from pathlib import Path
 
 from ..errors import InputError
@@ -33,6 +35,7 @@ class Channel:
     role: str
     excitation_um: float
     emission_um: float
+    psf: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,9 @@ def load_experiment(experiment_dir, *, check_tiffs=True) -> Experiment:
         for name, key in ((experiment.dark_frame, "camera.dark_frame"), (experiment.hot_pixel_map, "camera.hot_pixel_map")):
             if name is not None and not paths.raw_file(name, f"{paths.experiment_yaml}: {key}").is_file():
                 raise InputError(f"{paths.experiment_yaml}: {key} names {name!r}, but {paths.raw / name} does not exist")
+        for i, channel in enumerate(experiment.channels):
+            if channel.psf is not None:
+                read_measured_psf(paths.raw / channel.psf, f"{paths.experiment_yaml}: channels[{i}].psf")
         missing = [paths.raw_tiff(t, r) for t in experiment.tiles for r in experiment.rounds
                    if not paths.raw_tiff(t, r).is_file()]
         if missing:
@@ -220,14 +226,67 @@ def _read_experiment_yaml(path: Path) -> dict:
         if value is not None:
             inside(path.parent, value, f"{where}: camera.{key}")
         files[key] = value
-    channels = _read_channels(doc, where)
+    channels = _read_channels(doc, where, voxel)
     return dict(voxel_size_zyx_um=voxel, image_shape_zyx=shape, tile_overlap_fraction=overlap,
                 numerical_aperture=na, immersion_refractive_index=ri, sample_refractive_index=sample_ri,
                 e_per_adu=gain, offset_adu=offset, dark_frame=files["dark_frame"],
                 hot_pixel_map=files["hot_pixel_map"], channels=channels)
 
 
-def _read_channels(doc, where):
+def _psf_entry(entry, where, key, voxel_size_zyx_um):
+    """The optional measured-PSF file name of one channel; its declared voxel size must be the images'."""
+    psf = entry.get("psf")
+    _need(psf is None or isinstance(psf, str), where, f"{key}.psf", "a TIFF file name in raw_data/ or null", psf)
+    declared = entry.get("psf_voxel_size_zyx_um")
+    if declared is not None:
+        _need(psf is not None, where, f"{key}.psf_voxel_size_zyx_um", "only together with psf", declared)
+        ok = isinstance(declared, list) and len(declared) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in declared)
+        _need(ok and all(math.isclose(float(v), float(w), rel_tol=1e-3) for v, w in zip(declared, voxel_size_zyx_um)),
+              where, f"{key}.psf_voxel_size_zyx_um",
+              f"the images' voxel_size_zyx_um {list(voxel_size_zyx_um)} (resample the PSF to it)", declared)
+    if psf is not None:
+        inside(Path(where).parent, psf, f"{where}: {key}.psf")
+    return psf
+
+
+def read_measured_psf(path, where):
+    """A measured PSF TIFF as float32 (z, y, x), normalised to unit sum, or InputError naming the file.
+
+    Expected: a 3D float or integer stack with odd sizes, finite and
+    non-negative values, a positive sum, and its centre of mass within one
+    voxel of the central voxel (else deconvolution would shift every spot).
+    ``where`` names the experiment.yaml key that points at the file.
+    """
+    import tifffile
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: not found; {where} names it (a measured PSF TIFF, z, y, x)")
+    try:
+        psf = tifffile.imread(path)
+    except (OSError, ValueError, tifffile.TiffFileError) as err:
+        raise InputError(f"{path}: cannot be read as a TIFF ({err}); {where} names it") from None
+    if psf.ndim != 3 or any(n % 2 == 0 for n in psf.shape):
+        raise InputError(f"{path}: PSF shape {psf.shape}; expected a 3D (z, y, x) stack with odd sizes "
+                         "(the PSF's centre on the central voxel)")
+    if psf.dtype.kind not in "uif":
+        raise InputError(f"{path}: PSF dtype {psf.dtype}; expected float32 (or integer) values")
+    psf = psf.astype(np.float64)
+    if not np.all(np.isfinite(psf)) or psf.min() < 0 or psf.sum() <= 0:
+        raise InputError(f"{path}: PSF values must be finite and non-negative with a positive sum "
+                         f"(min {np.nanmin(psf):.4g}, sum {np.nansum(psf):.4g}); subtract the background and clip at 0")
+    psf /= psf.sum()
+    centroid = np.array([np.sum(psf.sum(axis=tuple(a for a in range(3) if a != axis)) * np.arange(n))
+                         for axis, n in enumerate(psf.shape)])
+    offset = centroid - (np.asarray(psf.shape) - 1) / 2
+    if np.any(np.abs(offset) > 1.0):
+        raise InputError(f"{path}: PSF centre of mass is {np.round(offset, 2).tolist()} voxels (z, y, x) from the "
+                         "central voxel; expected within 1 voxel (centre the bead before saving)")
+    return psf.astype(np.float32)
+
+
+def _read_channels(doc, where, voxel_size_zyx_um):
     entries = doc.get("channels")
     _need(isinstance(entries, list) and len(entries) >= 2, where, "channels",
           "a list of at least 2 channels (one fiducial, one or more readouts)", entries)
@@ -242,7 +301,7 @@ def _read_channels(doc, where):
         _need(role in ROLES, where, f"{key}.role", "'fiducial' or 'readout'", role)
         ex = _number(entry, where, f"{key}.excitation_um", float, lambda v: v > 0, "a number > 0", key="excitation_um")
         em = _number(entry, where, f"{key}.emission_um", float, lambda v: v > 0, "a number > 0", key="emission_um")
-        channels.append(Channel(name, role, ex, em))
+        channels.append(Channel(name, role, ex, em, _psf_entry(entry, where, key, voxel_size_zyx_um)))
     names = [c.name for c in channels]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:

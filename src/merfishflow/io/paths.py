@@ -184,9 +184,30 @@ class ExperimentPaths:
     def exports(self) -> Path:
         return self.datastore / "exports"
 
+    def ome_zarr_view(self, tile: str) -> Path:
+        """A tile's OME-Zarr image group (registered rounds and bits, corrected fiducial, cell labels)."""
+        return self.exports / "ome_zarr" / f"{tile}.ome.zarr"
+
+    @property
+    def spatialdata_store(self) -> Path:
+        return self.exports / "experiment.spatialdata.zarr"
+
     @property
     def provenance(self) -> Path:
         return self.datastore / "provenance"
+
+    # logs (outside the datastore) ---------------------------------------------
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def job_log(self, stage: str, name: str) -> Path:
+        """A job's progress log."""
+        return self.logs / stage / f"{name}.log"
+
+    def job_benchmark(self, stage: str, name: str) -> Path:
+        """A job's Snakemake benchmark TSV (wall seconds, peak RSS, CPU time; ``benchmark:`` of every rule)."""
+        return self.logs / "benchmarks" / stage / f"{name}.tsv"
 
 
 def experiment_of(path) -> Path:

@@ -15,7 +15,7 @@ from scipy import ndimage as ndi
 from ..errors import InputError
 from ..io.metadata import Channel, Experiment
 from ..io.naming import codebook_bit_column, round_name, tile_name
-from ..image.psf import widefield_psf
+from ..image.psf import gaussian_psf, widefield_psf
 from ..io import fileio as files
 from ..io.fileio import canonical_json
 from ..io.paths import ExperimentPaths
@@ -23,7 +23,7 @@ from .camera import Camera
 from .codebook import codeword_names, make_codebook
 from .params import SimulationParams
 from .render import FrameRenderer, PolyDTTexture, TileScene, tile_patch
-from .scene import SECTION_MARGIN_UM, make_cells, make_spots, place_molecules
+from .scene import SECTION_MARGIN_UM, make_cells, make_spots, place_beads, place_molecules
 from .tiles import make_tile_layout, nominal_grid
 from .transforms import CONVENTION, make_round_transforms
 
@@ -31,6 +31,7 @@ DARK_FRAME_FILE = "camera_dark_frame.tif"
 # Lattice-noise stream ids (independent fields of one seed).
 _STREAM_CELL_SHAPE = 1
 _STREAM_TEXTURE = 10
+_STREAM_BEADS = 11
 # Minimum distance between molecules, in voxels (z, y, x): keeps spots separable.
 _EXCLUSION_PX = (2.0, 2.0, 2.0)
 # spots.parquet also lists, with in_stack = False, the molecules this close (µm, per axis) outside a
@@ -130,6 +131,17 @@ def _prepare_folders(root, params, overwrite):
     return paths.raw, paths.ground_truth
 
 
+def _bead_scene(beads, origin_um, voxel, shape, margin, bead_photons):
+    """TileScene bead fields of one tile (none for a polyDT fiducial)."""
+    if beads is None:
+        return {}
+    bead_um, displacement = beads
+    b0 = (bead_um - origin_um) / voxel
+    near = np.flatnonzero(np.all((b0 >= -margin) & (b0 <= shape - 1 + margin), axis=1))
+    return {"bead_px": b0[near], "bead_displacement_px": displacement[:, near],
+            "bead_photons": np.full(len(near), float(bead_photons))}
+
+
 def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite=False):
     """Simulate a MERFISH experiment and write its raw data and ground truth.
 
@@ -173,8 +185,11 @@ def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite
     codebook = make_codebook(p.n_bits, p.n_genes + p.n_blanks, p.codeword_weight, p.min_hamming_distance, p.seed)
     names = codeword_names(p.n_genes, p.n_blanks)
     channels = p.channels
-    psfs = [widefield_psf(p.voxel_size_zyx_um, em, p.numerical_aperture, p.immersion_refractive_index,
-                          p.sample_refractive_index) for _, _, _, em in channels]
+    if p.psf_kind == "gaussian":
+        psfs = [gaussian_psf(p.voxel_size_zyx_um, p.gaussian_psf_sigma_zyx_um) for _ in channels]
+    else:
+        psfs = [widefield_psf(p.voxel_size_zyx_um, em, p.numerical_aperture, p.immersion_refractive_index,
+                              p.sample_refractive_index) for _, _, _, em in channels]
     raw, gt = _prepare_folders(root, p, overwrite)
 
     seq = np.random.SeedSequence(p.seed)
@@ -212,9 +227,19 @@ def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite
     frame_streams = ss_noise.spawn(n_tiles * n_rounds)
     # Where every molecule goes in every round, relative to its round-0 position.
     displacement = np.stack([t.displacement(spots.world_um) for t in transforms])  # (rounds, n, 3)
+    beads = None
+    if p.fiducial_kind == "beads":
+        # A stream of its own: the polyDT default draws exactly the numbers it always did.
+        rng_beads = np.random.default_rng([p.seed, _STREAM_BEADS])
+        bead_um = place_beads(world_lo, world_hi, (0.0, (shape[0] - 1) * voxel[0]), p.bead_spacing_px * voxel[1],
+                              rng_beads)
+        beads = (bead_um, np.stack([t.displacement(bead_um) for t in transforms]))
 
     out = {"experiment_dir": root, "raw_data": raw, "ground_truth": gt}
     out.update(_write_static_raw(raw, p, codebook, names, layout, camera, channels))
+    if p.psf_kind == "gaussian":
+        # The rendering PSF, as a microscope's measured bead PSF would be supplied (docs/raw_data.md).
+        out["psfs"] = [files.write_tiff(raw / _psf_file(name), psf) for (name, _, _, _), psf in zip(channels, psfs)]
 
     renderer = FrameRenderer(psfs, p.image_shape_zyx, voxel, pad, margin, p.background_photons)
     patch_shape = tuple(int(n) for n in shape + 2 * margin)
@@ -262,6 +287,7 @@ def simulate_experiment(experiment_dir, params=None, progress=None, *, overwrite
                 spot_px=p0[near],
                 spot_bit_photons=spots.bit_photons[near],
                 spot_displacement_px=displacement[:, near],
+                **_bead_scene(beads, origin, voxel, shape, margin, p.bead_photons),
             )
             for written in pool.map(lambda r, scene=scene, t=t: render_frame(scene, t, r), range(n_rounds)):
                 raw_tiffs.append(written[0])
@@ -342,6 +368,10 @@ def _write_static_raw(raw, p, codebook, names, layout, camera, channels):
     }
 
 
+def _psf_file(channel_name):
+    return f"psf_{channel_name}.tif"
+
+
 def _experiment_yaml(p, channels):
     return {
         "format_version": 1,
@@ -360,7 +390,8 @@ def _experiment_yaml(p, channels):
             "hot_pixel_map": None,
         },
         "channels": [
-            {"name": name, "role": role, "excitation_um": ex, "emission_um": em}
+            {"name": name, "role": role, "excitation_um": ex, "emission_um": em,
+             **({"psf": _psf_file(name)} if p.psf_kind == "gaussian" else {})}
             for name, role, ex, em in channels
         ],
     }

@@ -13,6 +13,11 @@ from ..errors import InputError
 # Fiducial first, then the readout channels in the order they are stored in
 # the TIFFs; wavelengths (excitation, emission) in µm.
 FIDUCIAL_CHANNEL = ("polyDT", 0.488, 0.520)
+# What the fiducial channel shows: a polyDT stain of the cells, or sparse beads.
+FIDUCIAL_KINDS = ("polydt", "beads")
+# How the images are blurred: the widefield model the pipeline also uses, or a
+# tighter Gaussian written to raw_data as the experiment's measured PSF.
+PSF_KINDS = ("widefield", "gaussian")
 READOUT_CHANNELS = (
     ("readout_561", 0.561, 0.590),
     ("readout_647", 0.647, 0.680),
@@ -63,6 +68,11 @@ class SimulationParams:
     read_noise_e: float = 1.5
     n_hot_pixels: int = 6
     deformation_field_max_mb: float = 64.0
+    fiducial_kind: str = "polydt"
+    bead_spacing_px: float = 40.0
+    bead_photons: float = 20000.0
+    psf_kind: str = "widefield"
+    gaussian_psf_sigma_zyx_um: tuple[float, float, float] = (0.25, 0.09, 0.09)
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -107,6 +117,10 @@ class SimulationParams:
         out = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if field.name in _LATER_FIELDS and value == field.default:
+                # Left out at their defaults, so experiments simulated before these
+                # parameters existed keep the same parameter record (and are not re-simulated).
+                continue
             out[field.name] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -161,14 +175,21 @@ class SimulationParams:
         need(0 <= self.fraction_spots_outside_cells < 1, "fraction_spots_outside_cells", "a float in [0, 1)")
         for name in ("spot_photons", "spot_brightness_cv", "bit_brightness_cv", "spot_bit_brightness_cv",
                      "background_photons", "fiducial_photons", "deformation_amplitude_px", "stage_error_sd_um",
-                     "offset_adu", "fixed_pattern_sd_adu", "read_noise_e", "deformation_field_max_mb"):
+                     "offset_adu", "fixed_pattern_sd_adu", "read_noise_e", "deformation_field_max_mb",
+                     "bead_photons"):
             need(getattr(self, name) >= 0, name, "a float >= 0")
         need(0 <= self.bit_dropout_rate < 1, "bit_dropout_rate", "a float in [0, 1)")
         need(all(v >= 0 for v in self.max_shift_zyx_px), "max_shift_zyx_px", "three floats >= 0")
+        need(self.bead_spacing_px >= 4, "bead_spacing_px", "a float >= 4 (pixels between neighbouring beads)")
+        need(all(v > 0 for v in self.gaussian_psf_sigma_zyx_um), "gaussian_psf_sigma_zyx_um", "three floats > 0")
         need(self.deformation_scale_um > 0, "deformation_scale_um", "a float > 0")
         need(self.e_per_adu > 0, "e_per_adu", "a float > 0")
         need(0 <= self.n_hot_pixels <= y * x, "n_hot_pixels", f"an integer in 0..{y * x} (pixels per frame)")
 
+
+# Parameters added after the first release (bead fiducial, measured PSF).
+_LATER_FIELDS = frozenset({"fiducial_kind", "bead_spacing_px", "bead_photons", "psf_kind",
+                           "gaussian_psf_sigma_zyx_um"})
 
 # Field kinds: "int", "float", ("int", n) / ("float", n) for fixed-length tuples.
 _KINDS = {
@@ -206,6 +227,11 @@ _KINDS = {
     "read_noise_e": "float",
     "n_hot_pixels": "int",
     "deformation_field_max_mb": "float",
+    "fiducial_kind": ("choice", FIDUCIAL_KINDS),
+    "bead_spacing_px": "float",
+    "bead_photons": "float",
+    "psf_kind": ("choice", PSF_KINDS),
+    "gaussian_psf_sigma_zyx_um": ("float", 3),
 }
 
 
@@ -230,6 +256,10 @@ def _scalar(name, value, kind):
 
 
 def _coerce(name, value, kind):
+    if isinstance(kind, tuple) and kind[0] == "choice":
+        if value not in kind[1]:
+            raise InputError(f"simulation parameter {name}={value!r}: expected one of {', '.join(kind[1])}")
+        return str(value)
     if isinstance(kind, tuple):
         scalar_kind, n = kind
         if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != n:

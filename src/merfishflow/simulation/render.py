@@ -213,6 +213,10 @@ class TileScene:
         Their rendered photoelectrons per bit.
     spot_displacement_px : ndarray, shape (n_rounds, n, 3)
         Their displacement ``shift_r + deformation_r`` in each round.
+    bead_px, bead_displacement_px, bead_photons : ndarray or None
+        Round-0 pixel positions of the fiducial beads near the tile, their
+        displacement in each round and their photoelectrons; None when the
+        fiducial channel shows the polyDT stain (``fiducial``) instead.
     """
 
     origin_um: np.ndarray
@@ -222,6 +226,9 @@ class TileScene:
     spot_px: np.ndarray
     spot_bit_photons: np.ndarray
     spot_displacement_px: np.ndarray
+    bead_px: np.ndarray | None = None
+    bead_displacement_px: np.ndarray | None = None
+    bead_photons: np.ndarray | None = None
 
 
 class FrameRenderer:
@@ -275,20 +282,26 @@ class FrameRenderer:
             # A whole-pixel shift needs no interpolation: the frame is a slice of the patch.
             start = self.margin - self.pad - whole.astype(np.int64)
             window = tuple(slice(int(a), int(a) + n) for a, n in zip(start, self.padded_shape))
-            fiducial = scene.fiducial[window].astype(np.float64)
+            fiducial = scene.fiducial[window].astype(np.float64) if scene.bead_px is None else None
             mask = ndi.shift(scene.cell_mask, fraction, order=1, mode="nearest")[window]
         else:
             source = transform.inverse_grid(scene.origin_um, self.voxel, -self.pad, self.padded_shape,
                                             shift_px=whole)
             source += self.margin.reshape(3, 1, 1, 1)
-            fiducial = ndi.map_coordinates(scene.fiducial_coeffs, source, order=3, mode="nearest", prefilter=False)
+            fiducial = None if scene.bead_px is not None else ndi.map_coordinates(
+                scene.fiducial_coeffs, source, order=3, mode="nearest", prefilter=False)
             source -= fraction.reshape(3, 1, 1, 1)
             mask = ndi.map_coordinates(scene.cell_mask, source, order=1, mode="nearest", prefilter=False)
             del source
         out = np.empty((self.n_channels,) + self.shape, dtype=np.float64)
-        out[0] = self.convolver(fiducial, 0, shift_px=fraction)[self.crop]
         background = self.background_photons * (
             BACKGROUND_OUTSIDE + (BACKGROUND_INSIDE - BACKGROUND_OUTSIDE) * mask[self.crop])
+        if scene.bead_px is None:
+            out[0] = self.convolver(fiducial, 0, shift_px=fraction)[self.crop]
+        else:
+            # Beads are points like the molecules: moved by the same shift + deformation, then blurred.
+            beads = scene.bead_px + scene.bead_displacement_px[transform.round_index] + self.pad
+            out[0] = self.convolver(splat(beads, scene.bead_photons, self.padded_shape), 0)[self.crop] + background
         q = scene.spot_px + scene.spot_displacement_px[transform.round_index] + self.pad
         for c, bit in enumerate(bits):
             weights = scene.spot_bit_photons[:, bit]

@@ -344,3 +344,32 @@ def make_spots(cells, codebook, n_genes, world_um, cell_id, params, rng):
     dropped_mask = (dropped.astype(np.int64) * weights).sum(axis=1) if n_bits <= 62 else np.zeros(n, np.int64)
     spots = Spots(world_um, cell_id, barcode, photons, bit_photons, dropped_mask.astype(np.int64))
     return spots, bit_factor
+
+
+def place_beads(world_lo_um, world_hi_um, section_z_um, spacing_um, rng):
+    """Fiducial beads on a jittered lateral grid, ``spacing_um`` apart on average, at random depths.
+
+    A jittered grid rather than a Poisson process keeps every region of a
+    tile within about one spacing of a bead, as bead fiducials are prepared
+    to be, while no two beads sit closer than 0.4 spacing laterally.
+
+    Parameters
+    ----------
+    world_lo_um, world_hi_um : sequence of 3 float
+        Box to fill (only y and x are used laterally).
+    section_z_um : tuple of 2 float
+        Depth range of the beads.
+    spacing_um : float
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    ndarray of float64, shape (n, 3)
+        World positions (z, y, x) in µm.
+    """
+    axes = [np.arange(lo, hi + spacing_um, spacing_um) for lo, hi in zip(world_lo_um[1:], world_hi_um[1:])]
+    yy, xx = np.meshgrid(*axes, indexing="ij")
+    n = yy.size
+    jitter = rng.uniform(-0.3, 0.3, size=(n, 2)) * spacing_um
+    z = rng.uniform(section_z_um[0], section_z_um[1], size=n)
+    return np.column_stack([z, yy.ravel() + jitter[:, 0], xx.ravel() + jitter[:, 1]])

@@ -176,7 +176,7 @@ def starfish_table(spots: pd.DataFrame, voxel_size_zyx_um) -> pd.DataFrame:
     out = pd.DataFrame({
         "target": spots["gene_id"].astype(str).to_numpy(),
         "radius": np.cbrt(3 * spots["area"].to_numpy(np.float64) * voxel_volume / (4 * np.pi)),
-        "spot_id": np.arange(len(spots), dtype=np.int64),
+        "spot_id": spots["spot_id"].to_numpy(np.int64) if "spot_id" in spots else np.arange(len(spots), dtype=np.int64),
         "distance": spots["distance"].to_numpy(np.float64),
         "passes_thresholds": ~spots["is_blank"].to_numpy(bool) if "is_blank" in spots else np.ones(len(spots), bool),
         "xc": spots["global_x_um"].to_numpy(np.float64),

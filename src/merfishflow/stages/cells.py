@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -202,8 +203,14 @@ def _matrix_market(matrix) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_counts(counts_dir: Path, matrix, cell_names, genes, cell_table: pd.DataFrame) -> dict:
-    """10x-style ``matrix.mtx.gz``/``barcodes.tsv.gz``/``features.tsv.gz`` and ``cell_by_gene.h5ad``."""
+def write_counts(counts_dir: Path, matrix, cell_names, genes, cell_table: pd.DataFrame, *, n_blank_spots=None,
+                 provenance=None) -> dict:
+    """10x-style ``matrix.mtx.gz``/``barcodes.tsv.gz``/``features.tsv.gz`` and ``cell_by_gene.h5ad``.
+
+    The h5ad's ``obs`` holds the integer ``cell_id``, the cell table's scalar columns and
+    ``n_blank_spots`` (blank-barcode spots inside each cell: the per-cell false-positive check);
+    ``uns["merfishflow"]`` the stage's ``provenance`` (parameters, software, input digests).
+    """
     import anndata as ad
 
     counts_dir.mkdir(parents=True, exist_ok=True)
@@ -213,11 +220,17 @@ def write_counts(counts_dir: Path, matrix, cell_names, genes, cell_table: pd.Dat
         "features": _gzip_text(counts_dir / "features.tsv.gz",
                                "".join(f"{g}\t{g}\tGene Expression\n" for g in genes)),
     }
-    obs = cell_table.drop(columns=["cell_id"]).copy()
+    # List columns (the instance mapping) stay in cells.parquet: h5ad obs holds scalars only.
+    obs = cell_table[[c for c in cell_table.columns if cell_table[c].dtype != object or c == "tiles"]].copy()
+    obs["cell_id"] = obs["cell_id"].astype(np.int32)
+    if n_blank_spots is not None:
+        obs["n_blank_spots"] = np.asarray(n_blank_spots, np.int32)
     obs.index = pd.Index(cell_names, name="cell")
     adata = ad.AnnData(X=matrix.astype(np.int32), obs=obs, var=pd.DataFrame(index=pd.Index(genes, name="gene")))
     adata.obsm["spatial"] = cell_table[["centroid_x_um", "centroid_y_um", "centroid_z_um"]].to_numpy(np.float64)
     adata.uns["spatial_axes"] = ["x_um", "y_um", "z_um"]
+    if provenance is not None:
+        adata.uns["merfishflow"] = json.dumps(provenance, sort_keys=True)
     out["h5ad"] = atomic(counts_dir / "cell_by_gene.h5ad", lambda p: adata.write_h5ad(p))
     return out
 
@@ -262,5 +275,7 @@ def assign_experiment(experiment_dir, tiles, min_shared_fraction=0.5, expand_um=
     table_path = paths.cells_table
     cell_table = pa.Table.from_pandas(cells.table, preserve_index=False)
     atomic(table_path, lambda p: pq.write_table(cell_table, p, compression="zstd"))
-    write_counts(paths.counts, matrix, cell_names, genes, cells.table)
+    blanks = spots.loc[spots["is_blank"].to_numpy(bool) & (spots["cell_id"].to_numpy() > 0), "cell_id"]
+    n_blank = blanks.value_counts().reindex(cell_ids, fill_value=0).to_numpy(np.int32)
+    write_counts(paths.counts, matrix, cell_names, genes, cells.table, n_blank_spots=n_blank, provenance=metadata)
     return {"n_cells": len(cell_ids), "n_spots_in_cells": inside}

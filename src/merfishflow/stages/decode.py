@@ -39,10 +39,13 @@ METADATA_KEY = b"merfishflow"
 BLANK_PREFIX = "Blank-"
 
 
+SPOT_ID_TILE_STRIDE = 1_000_000_000
+
+
 def spot_schema(n_bits: int) -> pa.Schema:
     """Column types of the per-tile and all-tile spot tables (docs/outputs.md)."""
     fields = [
-        ("tile", pa.int32()), ("gene_id", pa.string()), ("barcode_id", pa.int32()),
+        ("tile", pa.int32()), ("spot_id", pa.int64()), ("gene_id", pa.string()), ("barcode_id", pa.int32()),
         ("z_px", pa.float64()), ("y_px", pa.float64()), ("x_px", pa.float64()),
         ("global_z_um", pa.float64()), ("global_y_um", pa.float64()), ("global_x_um", pa.float64()),
         ("distance", pa.float32()), ("magnitude", pa.float32()), ("area", pa.int32()),
@@ -50,6 +53,12 @@ def spot_schema(n_bits: int) -> pa.Schema:
     ]
     fields += [(f"intensity_{bit_name(b)}", pa.float32()) for b in range(1, n_bits + 1)]
     return pa.schema(fields)
+
+
+def spot_ids(tile_index: int, n_spots: int) -> np.ndarray:
+    """Experiment-wide spot ids, kept by every later table: ``tile * SPOT_ID_TILE_STRIDE + row in the tile's
+    decoded table`` (tile 3's spot 42 is 3000000042)."""
+    return np.int64(tile_index) * SPOT_ID_TILE_STRIDE + np.arange(n_spots, dtype=np.int64)
 
 
 def write_spot_table(path: Path, frame: pd.DataFrame, schema: pa.Schema, metadata: dict) -> Path:
@@ -103,7 +112,9 @@ def decode_tile_stage(experiment_dir, tile, params=DecodingParams(), progress=pr
     result = decode_tile(read_bits, shape, codewords, voxel, params, progress=progress)
     spots = result.spots.copy()
     origin = np.asarray(placement["origin_zyx_um"], dtype=np.float64)
-    spots.insert(0, "tile", np.int32(int(tile[len("tile"):])))
+    tile_index = int(tile[len("tile"):])
+    spots.insert(0, "tile", np.int32(tile_index))
+    spots.insert(1, "spot_id", spot_ids(tile_index, len(spots)))
     genes = [gene_ids[b] for b in spots["barcode_id"].to_numpy()]
     spots["gene_id"] = pd.Series(genes, index=spots.index, dtype=object)
     for axis, name in enumerate(("z", "y", "x")):

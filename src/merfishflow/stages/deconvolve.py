@@ -23,14 +23,16 @@ from ..io.paths import DECON_DATA, ExperimentPaths
 class DeconvolutionParams:
     """Config key ``deconvolution`` (config/README.md)."""
 
-    iterations: int = 40
+    iterations: int = 20
     stop_tolerance: float | None = None
+    acceleration: str = "biggs_andrews"
     tile_yx: int = 512
     overlap_yx: int | None = None
     device: str = "cpu"
 
     def to_dict(self) -> dict:
-        return {"iterations": self.iterations, "stop_tolerance": self.stop_tolerance, "tile_yx": self.tile_yx,
+        return {"iterations": self.iterations, "stop_tolerance": self.stop_tolerance,
+                "acceleration": self.acceleration, "tile_yx": self.tile_yx,
                 "overlap_yx": self.overlap_yx, "device": self.device}
 
 
@@ -68,6 +70,7 @@ def deconvolve_tile_round(experiment_dir, tile, round_, params=DeconvolutionPara
         name = calibration["channels"][channel]["name"]
         estimate, info = richardson_lucy(
             corrected, psfs[channel], params.iterations, stop_tolerance=params.stop_tolerance,
+            acceleration=None if params.acceleration == "none" else params.acceleration,
             tile_yx=params.tile_yx, overlap_yx=params.overlap_yx, xp=xp, workers=threads, return_info=True,
             progress=lambda message, name=name: progress(f"{tile} {round_} {name}: {message}"))
         del corrected

@@ -99,10 +99,14 @@ def ingest_tile_round(experiment_dir, tile, round_, stage_zyx_um, params=Correct
         for group, _, _ in targets:
             datastore.remove_marker(group)
             datastore.create_group(group)
+            if round_index == 0:  # the tile folder's .zgroup: one owner, the tile's round-0 ingest
+                datastore.create_group(group.parent)
         pending = []  # the previous slab's writes, finished while the next slab is read and corrected
         for group, channel, _ in targets:
             camera = datastore.create_array(group / "camera_data", shape, np.uint16, threads=threads)
             corrected = datastore.create_array(group / "corrected_data", shape, np.uint16, threads=threads)
+            for name in ARRAYS:
+                datastore.write_dimension_names(group / name, datastore.ZYX)
             saturated[group] = 0
             for z0 in range(0, z, slab_planes):
                 z1 = min(z, z0 + slab_planes)

@@ -2,8 +2,9 @@
 
 Local, per tile: every round's deconvolved fiducial is registered to round
 0's (:func:`merfishflow.image.registration.register_round`: a rigid sub-pixel
-shift, then an optical-flow field at 3 x 3 lateral downsampling), the field
-is stored as ``polyDT/<tile>/<round>.zarr/of_xyz_3x_downsample``, and the
+shift, then an optical-flow field at 3 x 3 lateral downsampling, kept only
+if it raises the correlation with round 0 by ``min_flow_gain``), the applied
+field (zeros when rejected) is stored as ``polyDT/<tile>/<round>.zarr/of_xyz_3x_downsample``, and the
 same transform resamples the round's fiducial and every readout bit imaged
 in it into ``registered_decon_data``. Round 0 is the reference and is copied
 unchanged.
@@ -29,6 +30,8 @@ from ..image.stitching import MIN_PAIR_SCORE, register_tiles
 from .deconvolve import round_groups
 
 FLOW_DOWNSAMPLE = (1, 3, 3)
+# Axis names (xarray): the displacement component, then the coarse grid (z is not coarsened).
+FLOW_DIMS = ("zyx", "z", "y_coarse", "x_coarse")
 FLOW_MEANING = (
     "float32 (3, Z, ceil(Y/3), ceil(X/3)): z, y, x displacement in full-resolution pixels of the non-rigid "
     "remainder after the rigid shift. Coarse sample (k, j, i) sits at full-resolution voxel "
@@ -46,11 +49,24 @@ class RegistrationParams:
     flow_method: str = "ilk"
     min_pair_score: float = MIN_PAIR_SCORE
     rigid_crop_yx: int | None = 1024
+    min_flow_gain: float | None = 0.001
 
     def to_dict(self) -> dict:
         return {"upsample_factor": self.upsample_factor, "optical_flow": self.optical_flow,
                 "flow_method": self.flow_method, "min_pair_score": self.min_pair_score,
-                "rigid_crop_yx": self.rigid_crop_yx}
+                "rigid_crop_yx": self.rigid_crop_yx, "min_flow_gain": self.min_flow_gain}
+
+
+def _rms(field):
+    return [float(v) for v in np.sqrt(np.mean(np.asarray(field, np.float64) ** 2, axis=(1, 2, 3)))]
+
+
+def _scores(registration):
+    """The alignment scores and the flow decision recorded in the markers (docs/datastore.md)."""
+    decision = {True: "accepted", False: "rejected"}.get(
+        registration.flow_accepted, "not computed" if registration.field is None else "accepted unconditionally")
+    return {"ncc_before": registration.ncc_before, "ncc_rigid": registration.ncc_rigid,
+            "ncc_flow": registration.ncc_after, "flow_decision": decision}
 
 
 def _registered(image):
@@ -84,22 +100,24 @@ def register_tile(experiment_dir, tile, params=RegistrationParams(), progress=pr
             moving = datastore.read_marked_array(fiducial_decon).astype(np.float32)
             registration = register_round(reference, moving, upsample_factor=params.upsample_factor,
                                           downsample=FLOW_DOWNSAMPLE, method=params.flow_method,
-                                          flow=params.optical_flow, rigid_crop_yx=params.rigid_crop_yx)
+                                          flow=params.optical_flow, rigid_crop_yx=params.rigid_crop_yx,
+                                          min_flow_gain=params.min_flow_gain)
             shift = registration.shift_zyx_px
-            extra = {"ncc_before": registration.ncc_before, "ncc_rigid": registration.ncc_rigid,
-                     "ncc_after": registration.ncc_after}
+            extra = _scores(registration)
             field = registration.field if registration.field is not None else np.zeros(
                 (3,) + tuple(-(-n // f) for n, f in zip(reference.shape, FLOW_DOWNSAMPLE)), np.float32)
             datastore.write_marked_array(groups[0][0] / FLOW_FIELD, field.astype(np.float32), {
                 **common, "round": round_, "downsample_zyx": list(FLOW_DOWNSAMPLE), "meaning": FLOW_MEANING,
                 "shift_zyx_px": [float(v) for v in shift], "units": "full-resolution pixels",
-                "rms_px": [float(v) for v in np.sqrt(np.mean(field.astype(np.float64) ** 2, axis=(1, 2, 3)))],
+                "rms_px": _rms(field), **extra,
+                "candidate_rms_px": None if registration.rejected_field is None else _rms(registration.rejected_field),
                 "inputs_sha256": {"reference": datastore.marker_digest(reference_path),
                                   "moving": datastore.marker_digest(fiducial_decon)},
-            }, threads=threads)
+            }, threads=threads, dims=FLOW_DIMS)
         shifts[round_] = [float(v) for v in shift]
         progress(f"{tile} {round_}: shift {np.round(shift, 3).tolist()} px, "
-                 + ", ".join(f"{k} {v:.3f}" for k, v in extra.items() if v is not None))
+                 + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                             for k, v in extra.items() if v is not None))
         for group, _ in groups:
             source = group / DECON_DATA
             image = moving if group == groups[0][0] else datastore.read_marked_array(source)

@@ -98,10 +98,15 @@ class Pipeline:
         keys = ("experiment_yaml", "codebook", "exp_order")
         return {k: v for k, v in self.raw_metadata_files().items() if k in keys}
 
-    def camera_files(self) -> dict:
-        """The camera files init reads (binary: a change of their bytes or mtime reruns init)."""
-        keys = ("dark_frame", "hot_pixel_map")
-        return {k: v for k, v in self.raw_metadata_files().items() if k in keys}
+    def binary_metadata_files(self) -> dict:
+        """The binary files init reads, camera files and measured PSFs (a change of their bytes or mtime
+        reruns init)."""
+        parsed = self.parsed_metadata_files()
+        files = {k: v for k, v in self.raw_metadata_files().items() if k not in parsed}
+        for i, channel in enumerate(self.experiment.channels):
+            if channel.psf is not None:
+                files[f"psf_{i}"] = str(self.paths.raw / channel.psf)
+        return files
 
     def init_metadata(self) -> dict:
         """The parsed metadata init writes into calibrations.zarr (its params: a change reruns init)."""
@@ -258,6 +263,23 @@ class Pipeline:
     def export_spacetx_pattern(self) -> str:
         return str(self.paths.exports / "spacetx_{tile}" / "experiment.json")
 
+    def interop_inputs(self, tile: str = TILE_WILDCARD) -> list[str]:
+        """What a tile's OME-Zarr view reads: the export inputs, round 0's corrected fiducial, its cells."""
+        return (self.export_inputs(tile) + [str(marker(self.paths.fiducial_group(tile, self.experiment.rounds[0])))]
+                + [self.assign_outputs()["cells"], str(self.paths.cell_masks(tile))])
+
+    def spatialdata_inputs(self) -> list[str]:
+        inputs = [path for tile in self.experiment.tiles for path in self.interop_inputs(tile)]
+        inputs += [self.assign_outputs()["spots"], self.assign_outputs()["cell_by_gene"]]
+        return list(dict.fromkeys(inputs))
+
+    def export_ome_zarr_pattern(self) -> str:
+        return str(marker(self.paths.ome_zarr_view(TILE_WILDCARD)))
+
+    @property
+    def export_spatialdata_path(self) -> str:
+        return str(self.paths.spatialdata_store)
+
     @property
     def export_codebook_path(self) -> str:
         return str(self.paths.exports / "starfish_codebook.json")
@@ -277,6 +299,17 @@ class Pipeline:
                 out.append(self.export_tiff_pattern(kind).format(tile=tile, what=settings["what"]))
             if settings["spacetx"]:
                 out.append(self.export_spacetx_pattern().format(tile=tile))
+            if settings["ome_zarr"]:
+                out.append(self.export_ome_zarr_pattern().format(tile=tile))
+        if settings["spatialdata"]:
+            import importlib.util
+
+            if importlib.util.find_spec("spatialdata") is None:
+                from ..errors import InputError
+
+                raise InputError("config: exports.spatialdata is true but the 'spatialdata' package is not "
+                                 "installed; pip install 'merfishflow[spatialdata]' or set it to false")
+            out.append(self.export_spatialdata_path)
         if settings["starfish_codebook"]:
             out.append(self.export_codebook_path)
         return out
@@ -297,7 +330,11 @@ class Pipeline:
         return out
 
     def log(self, stage: str, name: str) -> str:
-        return str(self.paths.root / "logs" / stage / f"{name}.log")
+        return str(self.paths.job_log(stage, name))
+
+    def benchmark(self, stage: str, name: str) -> str:
+        """The job's Snakemake benchmark file (same stage and name as its log)."""
+        return str(self.paths.job_benchmark(stage, name))
 
     # per-job parameters and resources ----------------------------------------------------------
     def stage_position(self, tile: str) -> list[float]:
@@ -325,8 +362,9 @@ class Pipeline:
             psf_shape_zyx(self.experiment.voxel_size_zyx_um, longest, self.experiment.numerical_aperture),
             self.experiment.image_shape_zyx[0])
         settings = self.config["deconvolution"]
+        acceleration = None if settings.get("acceleration", "none") == "none" else settings["acceleration"]
         blocks = richardson_lucy_peak_bytes(self.experiment.image_shape_zyx, psf_shape, settings["tile_yx"],
-                                            settings["overlap_yx"])
+                                            settings["overlap_yx"], acceleration=acceleration)
         return int(math.ceil(600 + 1.2 * (blocks + 2 * self._voxels) / 2**20)) * attempt
 
     def decon_runtime_min(self, attempt: int = 1) -> int:
