@@ -7,7 +7,7 @@ rule segment:
     output:
         PIPELINE.cell_masks(),
     params:
-        segmentation=config["segmentation"],
+        segmentation=PIPELINE.segmentation_params(),
         # The neighbours' fiducials are read for context; register_global,
         # an input above, already depends on all of them.
         tiles=lambda wildcards: PIPELINE.segment_context_tiles(wildcards.tile),

@@ -7,7 +7,7 @@ rule decode:
     output:
         PIPELINE.decoded_tile(),
     params:
-        decoding=config["decoding"],
+        decoding=PIPELINE.decoding_params(),
     threads: 2
     log:
         PIPELINE.log("decode", "{tile}"),

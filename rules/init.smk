@@ -2,9 +2,13 @@
 rule init:
     """Write calibrations.zarr: codebook, exp_order, channels, optics, camera noise map and PSFs."""
     input:
-        **PIPELINE.raw_metadata_files(),
+        **{key: ancient(path) for key, path in PIPELINE.parsed_metadata_files().items()},
+        **PIPELINE.binary_metadata_files(),
     output:
         PIPELINE.calibrations_marker,
+    params:
+        # Parsed values, not file bytes: a comment in experiment.yaml reruns nothing.
+        metadata=PIPELINE.init_metadata(),
     log:
         PIPELINE.log("init", "init"),
     benchmark:

@@ -6,8 +6,10 @@ from merfishflow.stages.decode import run_decode
 
 
 def main(smk, progress):
-    # The filters use the rule's threads unless the config says otherwise (the result does not depend on it).
-    params = DecodingParams(**{"n_threads": smk.threads, **smk.params.decoding})
+    # The filters use the rule's threads unless the config says otherwise (the result does not depend on it,
+    # so it is read from the config, not from the rule's params, and changing it reruns nothing).
+    n_threads = smk.config["decoding"].get("n_threads", smk.threads)
+    params = DecodingParams(**{**smk.params.decoding, "n_threads": n_threads})
     run_decode(experiment_of(smk.output[0]), smk.wildcards.tile, params, progress=progress)
 
 

@@ -40,6 +40,49 @@ def psf_shape_zyx(voxel_size_zyx_um, emission_um, numerical_aperture, *, n_fwhm=
     return nz, nxy, nxy
 
 
+def psf_shape_for_stack(psf_shape, n_planes):
+    """The PSF support a stack of ``n_planes`` z-planes can use: at most ``2 * n_planes - 1`` planes in z.
+
+    Deconvolution pads z by reflecting the stack, which supplies ``n_planes - 1``
+    planes on each side, so a taller PSF has nothing to act on. The support
+    stays centred on focus: a single plane (a 2D image) gets the in-focus
+    slice of the 3D PSF, a thin stack its central planes. :func:`widefield_psf`
+    normalises whatever support it is given to unit sum, so the light a cropped
+    PSF no longer spreads out of the stack is not lost from the estimate.
+
+    Parameters
+    ----------
+    psf_shape : tuple of 3 odd int
+    n_planes : int
+        The image's number of z-planes.
+
+    Returns
+    -------
+    tuple of 3 int
+    """
+    nz, ny, nx = (int(n) for n in psf_shape)
+    return min(nz, 2 * int(n_planes) - 1), ny, nx
+
+
+def crop_psf_to_stack(psf, n_planes):
+    """The central :func:`psf_shape_for_stack` planes of ``psf``, renormalised to unit sum.
+
+    Parameters
+    ----------
+    psf : ndarray, shape (z, y, x), odd z
+    n_planes : int
+
+    Returns
+    -------
+    ndarray of float32
+    """
+    psf = np.asarray(psf, dtype=np.float64)
+    nz = psf_shape_for_stack(psf.shape, n_planes)[0]
+    start = (psf.shape[0] - nz) // 2
+    cropped = psf[start:start + nz]
+    return (cropped / cropped.sum()).astype(np.float32)
+
+
 def widefield_psf(
     voxel_size_zyx_um,
     emission_um,

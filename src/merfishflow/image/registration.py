@@ -540,9 +540,32 @@ def central_crop(shape, size_yx):
     return tuple(out)
 
 
+THIN_STACK_PLANES = 4
+
+
+def rigid_shift_yx(reference, moving, *, upsample_factor=20, window_alpha=0.3):
+    """Sub-pixel y/x shift of a single plane or thin stack (z shift 0), see :func:`rigid_shift`.
+
+    With ``THIN_STACK_PLANES`` planes or fewer there is no z structure to
+    correlate (the Tukey window alone would zero the outer planes of a 3-plane
+    stack), so each stack's z-sum is phase-correlated in 2D.
+
+    Returns
+    -------
+    shift_zyx_px : ndarray of float64, shape (3,)
+        ``(0, dy, dx)``.
+    """
+    reference, moving = _check_pair(reference, moving, "rigid_shift_yx")
+    sums = [np.asarray(image, dtype=np.float32).sum(axis=0, keepdims=True) for image in (reference, moving)]
+    return rigid_shift(*sums, upsample_factor=upsample_factor, window_alpha=window_alpha)
+
+
 def register_round(reference, moving, *, upsample_factor=20, downsample=DEFAULT_DOWNSAMPLE, method="ilk",
                    flow=True, metrics=True, rigid_crop_yx=None, min_flow_gain=0.0, **flow_kwargs):
     """Rigid shift, then optical flow, of one round's fiducial onto round 0's.
+
+    A stack of ``THIN_STACK_PLANES`` planes or fewer gets a rigid y/x shift
+    only (:func:`rigid_shift_yx`; no z shift, no flow field).
 
     The flow field is kept only where it makes the round align better: if
     the normalised cross-correlation with the reference after shift + field
@@ -582,7 +605,12 @@ def register_round(reference, moving, *, upsample_factor=20, downsample=DEFAULT_
     """
     reference, moving = _check_pair(reference, moving, "register_round")
     crop = central_crop(reference.shape, rigid_crop_yx)
-    shift = rigid_shift(reference[crop], moving[crop], upsample_factor=upsample_factor)
+    if reference.shape[0] <= THIN_STACK_PLANES:
+        # Too few planes for a z shift or a 3D flow: rigid in y/x only.
+        shift = rigid_shift_yx(reference[crop], moving[crop], upsample_factor=upsample_factor)
+        flow = False
+    else:
+        shift = rigid_shift(reference[crop], moving[crop], upsample_factor=upsample_factor)
     factors = _factors(downsample)
     field = None
     if flow:

@@ -95,10 +95,15 @@ def write_csv(path, header, rows):
 
 
 def write_tiff(path, data):
-    """Multi-page TIFF via ``tifffile.imwrite(path, data)`` (no date/time tag)."""
+    """Multi-page grayscale TIFF, one ``Y x X`` page per plane (no date/time tag).
+
+    ``photometric="minisblack"`` is explicit: left to itself, tifffile stores an
+    array whose third-last axis has length 3 or 4 (a ``Z = 3`` stack) as RGB
+    pages with that axis as colour samples.
+    """
     import tifffile
 
-    return atomic(path, lambda p: tifffile.imwrite(p, np.ascontiguousarray(data)))
+    return atomic(path, lambda p: tifffile.imwrite(p, np.ascontiguousarray(data), photometric="minisblack"))
 
 
 def write_parquet(path, table):

@@ -550,14 +550,23 @@ def _numbers(doc, where, name, n, kind, valid, expected):
 def open_raw_tiff(path: Path, n_channels: int, shape_zyx):
     """Open one tile and round's TIFF after checking its header against the contract; the pixels are not read.
 
-    Checks the page count (``C x Z``), the page shape ``(Y, X)``, the dtype (uint16) and that every page's
-    data lies inside the file (a truncated copy). ``merfishflow validate`` and the ingest job both call
-    this, so what validate passes, the run accepts.
+    The contract is ``C x Z`` planes of ``Y x X`` uint16 in channel-major order. Two layouts hold them: one
+    grayscale page per plane (what :func:`merfishflow.io.fileio.write_tiff` writes), or pages of several
+    planes stored as separate colour planes (what a plain ``tifffile.imwrite(path, data_czyx)`` writes when
+    ``Z`` or ``C`` is 3 or 4). Checks the plane count, the page shape, the dtype and that every page's data
+    lies inside the file (a truncated copy). ``merfishflow validate`` and the ingest job both call this, so
+    what validate passes, the run accepts.
 
     Returns
     -------
-    tifffile.TiffFile
+    tif : tifffile.TiffFile
         Open; the caller closes it.
+    planes_per_page : int
+
+    Raises
+    ------
+    InputError
+        The file is missing, empty, not a TIFF, truncated, or its planes, shape or dtype differ from the contract.
     """
     import tifffile
 
@@ -575,33 +584,40 @@ def open_raw_tiff(path: Path, n_channels: int, shape_zyx):
     try:
         tif = tifffile.TiffFile(path)
     except (OSError, ValueError, tifffile.TiffFileError) as err:
+        log.setLevel(level)
         raise InputError(f"{path}: cannot be read as a TIFF ({err})") from None
+    planes_per_page = 1
     try:
-        problem = _raw_tiff_problem(tif, size, n_channels, shape_zyx)
-    except (OSError, ValueError, tifffile.TiffFileError) as err:
+        first = tif.pages.first
+        if first.planarconfig == tifffile.PLANARCONFIG.SEPARATE and first.samplesperpixel > 1:
+            planes_per_page = int(first.samplesperpixel)
+        problem = _raw_tiff_problem(tif, size, n_channels, shape_zyx, planes_per_page)
+    except (OSError, ValueError, IndexError, tifffile.TiffFileError) as err:
         problem = f"unreadable TIFF header ({err}); a truncated or damaged copy?"
     finally:
         log.setLevel(level)
     if problem:
         tif.close()
         raise InputError(f"{path}: {problem} (see docs/raw_data.md)")
-    return tif
+    return tif, planes_per_page
 
 
-def _raw_tiff_problem(tif, size, n_channels, shape_zyx):
+def _raw_tiff_problem(tif, size, n_channels, shape_zyx, planes_per_page):
     z, y, x = shape_zyx
     pages = tif.pages
     n_pages = len(pages)
     first = pages.first
-    if n_pages != n_channels * z:
+    n_planes = n_pages * planes_per_page
+    layout = f"{n_pages} pages of {planes_per_page} planes" if planes_per_page > 1 else f"{n_pages} pages"
+    if n_planes != n_channels * z:
         if _next_page_offset(tif, pages[n_pages - 1]):
             return (f"truncated or damaged: {size} bytes, only {n_pages} of its pages can be read; expected "
-                    f"{n_channels} channels x {z} z-planes = {n_channels * z} pages")
-        if n_pages % z == 0:
-            return (f"{n_pages} pages = {n_pages // z} channels x {z} z-planes; experiment.yaml lists "
-                    f"{n_channels} channels")
-        return f"{n_pages} pages; expected {n_channels} channels x {z} z-planes = {n_channels * z} pages"
-    if tuple(first.shape) != (y, x):
+                    f"{n_channels} channels x {z} z-planes = {n_channels * z} planes")
+        if n_planes % z == 0:
+            return f"{layout} = {n_planes // z} channels x {z} z-planes; experiment.yaml lists {n_channels} channels"
+        return f"{layout}; expected {n_channels} channels x {z} z-planes = {n_channels * z} planes"
+    page_yx = tuple(first.shape[-2:]) if planes_per_page > 1 else tuple(first.shape)
+    if page_yx != (y, x):
         return f"pages of {tuple(first.shape)} pixels; expected (Y, X) = {(y, x)} from image_shape_zyx"
     if first.dtype != "uint16":
         return f"dtype {first.dtype}; expected uint16 camera counts"
@@ -610,6 +626,19 @@ def _raw_tiff_problem(tif, size, n_channels, shape_zyx):
         return f"truncated: {size} bytes, but its pages' data reach byte {end}"
     return None
 
+
+def read_raw_planes(tif, start, stop, planes_per_page):
+    """Planes ``start:stop`` (channel-major plane index) of a TIFF checked by :func:`open_raw_tiff`.
+
+    Returns
+    -------
+    ndarray, shape (stop - start, Y, X)
+    """
+    first_page, last_page = start // planes_per_page, (stop - 1) // planes_per_page
+    pages = tif.asarray(key=range(first_page, last_page + 1))
+    planes = pages.reshape(-1, *pages.shape[-2:])
+    offset = first_page * planes_per_page
+    return planes[start - offset:stop - offset]
 
 def _next_page_offset(tif, page) -> int:
     """Where the IFD of ``page`` says the next page is (0 = it is the last one)."""
@@ -660,6 +689,6 @@ def check_raw_files(experiment: Experiment, experiment_dir) -> int:
     n = 0
     for tile in experiment.tiles:
         for round_ in experiment.rounds:
-            open_raw_tiff(paths.raw_tiff(tile, round_), len(experiment.channels), experiment.image_shape_zyx).close()
+            open_raw_tiff(paths.raw_tiff(tile, round_), len(experiment.channels), experiment.image_shape_zyx)[0].close()
             n += 1
     return n

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ..io import datastore
 from ..image.correction import correct_counts, find_hot_pixels, neighbour_index, to_uint16
 from ..errors import InputError
-from ..io.metadata import Experiment, open_raw_tiff, round_targets
+from ..io.metadata import Experiment, open_raw_tiff, read_raw_planes, round_targets
 from ..io.naming import index_of
 from ..io.paths import CAMERA_DATA, CAMERA_NOISE_MAP, CORRECTED_DATA, ExperimentPaths
 
@@ -93,7 +92,8 @@ def run_ingest(experiment_dir, tile, round_, stage_zyx_um, params=CorrectionPara
     saturated = {}
     z = shape[0]
     # The TIFF is checked before anything is written.
-    with open_raw_tiff(raw_path, len(channels), shape) as tif:
+    tif, planes_per_page = open_raw_tiff(raw_path, len(channels), shape)
+    with tif:
         for group, _, _ in targets:
             datastore.remove_marker(group)
             datastore.create_group(group)
@@ -109,7 +109,7 @@ def run_ingest(experiment_dir, tile, round_, stage_zyx_um, params=CorrectionPara
             for z0 in range(0, z, slab_planes):
                 z1 = min(z, z0 + slab_planes)
                 first = channel * z + z0
-                counts = tif.asarray(key=range(first, first + z1 - z0)).reshape(z1 - z0, *shape[1:])
+                counts = read_raw_planes(tif, first, first + z1 - z0, planes_per_page)
                 pixel_digest.update(np.ascontiguousarray(counts).data)
                 electrons, n_sat = to_uint16(correct_counts(counts, offset, gain, hot_flat, neighbours))
                 saturated[group] += n_sat

@@ -15,15 +15,17 @@ channels and the microscope and camera metadata; its arrays are
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from ..io import datastore
+from ..io.fileio import canonical_json
 from ..errors import InputError
 from ..io.metadata import Experiment, load_experiment, read_camera_image, read_measured_psf
 from ..io.paths import CAMERA_NOISE_MAP, PSF_DATA, ExperimentPaths
-from ..image.psf import psf_shape_zyx, widefield_psf
+from ..image.psf import crop_psf_to_stack, psf_shape_zyx, widefield_psf
 
 NOISE_MAP_PLANES = ["offset_adu", "e_per_adu", "known_hot_pixel"]
 
@@ -52,7 +54,9 @@ def psf_stack(experiment: Experiment, paths: ExperimentPaths | None = None) -> n
     A channel with a measured PSF (``channels[i].psf`` in experiment.yaml,
     read from ``paths.raw``) uses it, normalised to unit sum; the others use
     the widefield model. The support is the largest of all, each PSF
-    zero-padded about its centre.
+    zero-padded about its centre, then cropped to what the stack supports
+    (:func:`~merfishflow.image.psf.crop_psf_to_stack`: the in-focus plane for a
+    single-plane experiment).
     """
     longest = max(c.emission_um for c in experiment.channels)
     shape = psf_shape_zyx(experiment.voxel_size_zyx_um, longest, experiment.numerical_aperture)
@@ -65,8 +69,8 @@ def psf_stack(experiment: Experiment, paths: ExperimentPaths | None = None) -> n
                                       experiment.immersion_refractive_index, experiment.sample_refractive_index,
                                       shape_zyx=shape))
     support = np.max([psf.shape for psf in psfs], axis=0)
-    return np.stack([np.pad(psf, [((n - m) // 2,) * 2 for n, m in zip(support, psf.shape)]) for psf in psfs]
-                    ).astype(np.float32)
+    padded = [np.pad(psf, [((n - m) // 2,) * 2 for n, m in zip(support, psf.shape)]) for psf in psfs]
+    return np.stack([crop_psf_to_stack(psf, experiment.image_shape_zyx[0]) for psf in padded]).astype(np.float32)
 
 
 def calibration_attrs(experiment: Experiment) -> dict:
@@ -132,13 +136,15 @@ def run_init(experiment_dir, progress=print) -> Path:
     datastore.write_array(group / CAMERA_NOISE_MAP, noise, ("plane", "y", "x"))
     datastore.write_array(group / PSF_DATA, psf, ("channel", "psf_z", "psf_y", "psf_x"))
     hierarchy(paths)
-    inputs = [paths.experiment_yaml, paths.codebook_csv, paths.exp_order_csv]
-    inputs += [paths.raw_file(name, "camera file") for name in (experiment.dark_frame, experiment.hot_pixel_map)
-               if name is not None]
-    inputs += [paths.raw / c.psf for c in experiment.channels if c.psf is not None]
+    binary_files = [paths.raw_file(name, "camera file") for name in (experiment.dark_frame, experiment.hot_pixel_map)
+                    if name is not None]
+    binary_files += [paths.raw / c.psf for c in experiment.channels if c.psf is not None]
     attrs = calibration_attrs(experiment)
+    # The metadata files by their parsed content (what the workflow reruns init on), binary files by their bytes.
+    inputs = {"metadata": hashlib.sha256(canonical_json(attrs).encode()).hexdigest()}
+    inputs.update({str(p.relative_to(paths.root)): datastore.file_digest(p) for p in binary_files})
     attrs.update(datastore.stage_record(
-        "init", {}, {str(p.relative_to(paths.root)): datastore.file_digest(p) for p in inputs},
+        "init", {}, inputs,
         arrays={CAMERA_NOISE_MAP: datastore.array_record(noise), PSF_DATA: datastore.array_record(psf)}))
     datastore.write_marker(group, attrs)
     return group

@@ -98,6 +98,32 @@ class Pipeline:
                 files[key] = self.paths.raw_file(name, f"camera.{key}")
         return {k: str(v) for k, v in files.items()}
 
+    def parsed_metadata_files(self) -> dict:
+        """experiment.yaml, codebook.csv, exp_order.csv: init reads them, but reruns on their parsed content.
+
+        rules/init.smk lists them as ``ancient`` inputs (order only: init runs after simulate) and passes
+        :meth:`init_metadata` as a parameter, so a comment, reordered keys or a re-saved identical
+        table reruns nothing, and a changed value reruns init and everything after it.
+        """
+        keys = ("experiment_yaml", "codebook", "exp_order")
+        return {k: v for k, v in self.raw_metadata_files().items() if k in keys}
+
+    def binary_metadata_files(self) -> dict:
+        """The binary files init reads, camera files and measured PSFs (a change of their bytes or mtime
+        reruns init)."""
+        parsed = self.parsed_metadata_files()
+        files = {k: v for k, v in self.raw_metadata_files().items() if k not in parsed}
+        for i, channel in enumerate(self.experiment.channels):
+            if channel.psf is not None:
+                files[f"psf_{i}"] = str(self.paths.raw / channel.psf)
+        return files
+
+    def init_metadata(self) -> dict:
+        """The parsed metadata init writes into calibrations.zarr (its params: a change reruns init)."""
+        from ..stages.init import calibration_attrs
+
+        return calibration_attrs(self.experiment)
+
     def simulation_outputs(self) -> dict:
         """Everything the simulate rule writes (raw_data files; ground_truth as a folder)."""
         out = self.raw_metadata_files()
@@ -171,6 +197,23 @@ class Pipeline:
     def ground_truth(self) -> str:
         """The simulator's ground_truth/ folder (a directory output of rule simulate)."""
         return str(self.paths.ground_truth)
+
+    def decoding_params(self) -> dict:
+        """The decode rule's params: every field that changes the result, defaults filled in.
+
+        ``n_threads`` is left out (it does not change the result; the job reads it from the config),
+        so neither it nor a key set explicitly to its default reruns decode.
+        """
+        from ..spots.decoding import DecodingParams
+
+        return DecodingParams(**self.config["decoding"]).to_dict()
+
+    def segmentation_params(self) -> dict:
+        """The segment rule's params: the resolved segmentation fields, ``context_um`` and ``image``."""
+        from ..cells.segmentation import SegmentationParams
+
+        fields, context_um, image = segmentation_options(self.config["segmentation"])
+        return {**SegmentationParams.from_dict(fields).to_dict(), "context_um": context_um, "image": image}
 
     @property
     def segment_image(self) -> str:

@@ -44,10 +44,12 @@ class JobResources:
     def decon_mem_mb(self, attempt: int = 1) -> int:
         """One channel at a time: uint16 in and out, the float32 estimate, and the per-block FFT buffers."""
         from ..image.deconvolution import richardson_lucy_peak_bytes
-        from ..image.psf import psf_shape_zyx
+        from ..image.psf import psf_shape_for_stack, psf_shape_zyx
 
         longest = max(c.emission_um for c in self.experiment.channels)
-        psf_shape = psf_shape_zyx(self.experiment.voxel_size_zyx_um, longest, self.experiment.numerical_aperture)
+        psf_shape = psf_shape_for_stack(
+            psf_shape_zyx(self.experiment.voxel_size_zyx_um, longest, self.experiment.numerical_aperture),
+            self.experiment.image_shape_zyx[0])
         settings = self.config["deconvolution"]
         acceleration = None if settings.get("acceleration", "none") == "none" else settings["acceleration"]
         blocks = richardson_lucy_peak_bytes(self.experiment.image_shape_zyx, psf_shape, settings["tile_yx"],
