@@ -259,7 +259,7 @@ class Datastore:
         """The cell x gene counts (``counts/cell_by_gene.h5ad``) as AnnData."""
         import anndata as ad
 
-        return ad.read_h5ad(self._existing(self.paths.counts_files()["cell_by_gene.h5ad"], "counts"))
+        return ad.read_h5ad(self._existing(self.paths.counts_files()["cell_by_gene"], "counts"))
 
     def masks(self, tile: str):
         """A tile's cell masks (:class:`merfishflow.io.masks.MaskSet`, local labels)."""
