@@ -76,6 +76,24 @@ def file_bytes(root: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
+def pristine(tmp_path_factory):
+    """raw_data/ and ground_truth/ of the tiny simulated experiment (shared, do not modify; copy it)."""
+    from merfishflow.simulation import simulate_experiment
+
+    root = tmp_path_factory.mktemp("pristine") / "experiment"
+    simulate_experiment(root, TINY_SIMULATION)
+    return root
+
+
+@pytest.fixture
+def experiment(pristine, tmp_path):
+    """A private copy of :func:`pristine` that a test may change."""
+    root = tmp_path / "experiment"
+    shutil.copytree(pristine, root)
+    return root
+
+
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """One complete workflow run on the tiny simulated experiment (shared, do not modify)."""
     workdir = tmp_path_factory.mktemp("demo_run")

@@ -19,20 +19,6 @@ from merfishflow.workflow.config import validate_config
 from merfishflow.workflow.pipeline import Pipeline
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pristine_psf") / "experiment"
-    simulate_experiment(root, TINY_SIMULATION)
-    return root
-
-
-@pytest.fixture
-def experiment(pristine, tmp_path):
-    root = tmp_path / "experiment"
-    shutil.copytree(pristine, root)
-    return root
-
-
 def gaussian_psf(shape=(7, 15, 15), sigma=(1.0, 1.5, 1.5), total=5.0):
     axes = [np.arange(n) - (n - 1) / 2 for n in shape]
     zz, yy, xx = np.meshgrid(*axes, indexing="ij")

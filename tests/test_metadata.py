@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 
 import pytest
 import yaml
@@ -11,22 +10,8 @@ from conftest import TINY_SIMULATION
 from merfishflow.workflow.config import validate_config
 from merfishflow.errors import InputError
 from merfishflow.io.metadata import load_experiment
-from merfishflow.simulation import planned_experiment, simulate_experiment
+from merfishflow.simulation import planned_experiment
 from merfishflow.workflow.pipeline import Pipeline
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pristine") / "experiment"
-    simulate_experiment(root, TINY_SIMULATION)
-    return root
-
-
-@pytest.fixture
-def experiment(pristine, tmp_path):
-    root = tmp_path / "experiment"
-    shutil.copytree(pristine, root)
-    return root
 
 
 def edit_yaml(root, change):

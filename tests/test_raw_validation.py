@@ -14,17 +14,9 @@ import tifffile
 from conftest import TINY_SIMULATION, planned_jobs, run_snakemake, write_config
 from merfishflow.io import datastore
 from merfishflow.io.metadata import load_experiment
-from merfishflow.simulation import simulate_experiment
 
 BOM = b"\xef\xbb\xbf"
 TIFF = "raw_data/tile0001/round0002.tif"
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pristine") / "experiment"
-    simulate_experiment(root, TINY_SIMULATION)
-    return root
 
 
 @pytest.fixture

@@ -609,13 +609,14 @@ def _raw_tiff_problem(tif, size, n_channels, shape_zyx, planes_per_page):
     first = pages.first
     n_planes = n_pages * planes_per_page
     layout = f"{n_pages} pages of {planes_per_page} planes" if planes_per_page > 1 else f"{n_pages} pages"
+    unit = "planes" if planes_per_page > 1 else "pages"
     if n_planes != n_channels * z:
         if _next_page_offset(tif, pages[n_pages - 1]):
             return (f"truncated or damaged: {size} bytes, only {n_pages} of its pages can be read; expected "
-                    f"{n_channels} channels x {z} z-planes = {n_channels * z} planes")
+                    f"{n_channels} channels x {z} z-planes = {n_channels * z} {unit}")
         if n_planes % z == 0:
             return f"{layout} = {n_planes // z} channels x {z} z-planes; experiment.yaml lists {n_channels} channels"
-        return f"{layout}; expected {n_channels} channels x {z} z-planes = {n_channels * z} planes"
+        return f"{layout}; expected {n_channels} channels x {z} z-planes = {n_channels * z} {unit}"
     page_yx = tuple(first.shape[-2:]) if planes_per_page > 1 else tuple(first.shape)
     if page_yx != (y, x):
         return f"pages of {tuple(first.shape)} pixels; expected (Y, X) = {(y, x)} from image_shape_zyx"
