@@ -40,4 +40,5 @@ def test_changed_decoding_value_reruns_decode_and_after(demo_copy):
     workdir, config, _ = demo_copy
     write_config(config, "experiment", decoding={"distance_threshold": DecodingParams().distance_threshold - 0.05})
     jobs = planned_jobs(workdir, config)
-    assert jobs == {"decode": 2, "filter_spots": 1, "evaluate": 1, "assign": 1, "datastore": 1, "all": 1}
+    assert jobs == {"decode": 2, "filter_spots": 1, "evaluate": 1, "assign": 1, "qc_report": 1, "datastore": 1,
+                    "all": 1}

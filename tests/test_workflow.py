@@ -263,7 +263,8 @@ def test_exports_are_made_on_request(demo_copy):
         assert tif.series[0].axes == "CZYX" and tif.series[0].shape[0] == 2 * N_ROUNDS
     write_config(config, "experiment", exports={"tiles": ["tile0000"], "tiff": ["imagej"], "spacetx": False,
                                                 "starfish_codebook": True})
-    assert planned_jobs(workdir, config) == {"export_imagej": 1, "all": 1}
+    # A requested tile also gets its OME-Zarr view (exports.ome_zarr, on by default).
+    assert planned_jobs(workdir, config) == {"export_imagej": 1, "export_ome_zarr": 1, "all": 1}
     write_config(config, "experiment", exports={"tiles": ["tile0009"]})
     result = run_snakemake(workdir, config, "-n", check=False)
     assert result.returncode != 0 and "exports.tiles names ['tile0009']" in result.stdout + result.stderr

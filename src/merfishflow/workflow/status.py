@@ -129,9 +129,10 @@ def withdraw_datastore_json(experiment_dir):
 
 
 def restore_datastore_json(experiment: Experiment, experiment_dir, withdrawn, *, simulated=None):
-    """After a run that withdrew ``datastore.json`` and did not write it again (it failed, or its targets
-    did not include rule datastore): write the summary of what the markers show now. If that is what was
-    withdrawn, the file is left as it was, modification time included.
+    """After a run: make ``datastore.json`` say what the markers show now, if the run withdrew it and did not
+    write it again (it failed, or its targets did not include rule datastore), or if it is there (a marker
+    may have been changed by hand since it was written). A summary that already says the same is left as
+    it was, modification time included; a run that never had one gets none.
 
     Parameters
     ----------
@@ -139,9 +140,13 @@ def restore_datastore_json(experiment: Experiment, experiment_dir, withdrawn, *,
         What :func:`withdraw_datastore_json` returned in this run's onstart (empty if it did not run).
     """
     path = ExperimentPaths(experiment_dir).datastore_json
-    if not withdrawn or withdrawn[0] is None or path.exists():
+    if path.exists():
+        old = (path.read_bytes(), path.stat().st_mtime_ns)
+    elif withdrawn and withdrawn[0] is not None:
+        old = withdrawn[0]
+    else:
         return
-    old_bytes, old_mtime_ns = withdrawn[0]
+    old_bytes, old_mtime_ns = old
     write_datastore_json(experiment, experiment_dir, simulated=simulated)
     if path.read_bytes() == old_bytes:
         os.utime(path, ns=(old_mtime_ns, old_mtime_ns))
