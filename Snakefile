@@ -40,15 +40,21 @@ onstart:
 
 onsuccess:
     # A run whose targets did not include rule datastore (an export, say) puts the summary back, up to date.
-    restore_datastore_json(PIPELINE.experiment, PIPELINE.experiment_dir, WITHDRAWN_SUMMARY, simulated=PIPELINE.simulated)
-    release_experiment_lock(PIPELINE.experiment_dir)
+    try:
+        restore_datastore_json(PIPELINE.experiment, PIPELINE.experiment_dir, WITHDRAWN_SUMMARY,
+                               simulated=PIPELINE.simulated)
+    finally:
+        release_experiment_lock(PIPELINE.experiment_dir)
 
 
 onerror:
     # A failed run leaves a summary of what the markers really show (where there was one: a first run that
     # fails leaves none; merfishflow status reads the markers either way).
-    restore_datastore_json(PIPELINE.experiment, PIPELINE.experiment_dir, WITHDRAWN_SUMMARY, simulated=PIPELINE.simulated)
-    release_experiment_lock(PIPELINE.experiment_dir)
+    try:
+        restore_datastore_json(PIPELINE.experiment, PIPELINE.experiment_dir, WITHDRAWN_SUMMARY,
+                               simulated=PIPELINE.simulated)
+    finally:
+        release_experiment_lock(PIPELINE.experiment_dir)
 
 
 # A marker a crash removed must be rewritten even when the files after it are up to date (Snakemake
