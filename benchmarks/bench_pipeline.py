@@ -16,9 +16,10 @@ For each case this script
    ``GaussianLowPass(1)``), per-bit scaling and ``PixelSpotDecoder`` (euclidean, distance 0.5176,
    ``min_area`` 2); its spots are scored against the same truth with
    :func:`merfishflow.evaluation.spots.score_spots`;
-4. measures a machine limit in the same run: the seconds of one real FFT pair (``rfftn`` + inverse,
-   scipy, 2 workers) on the deconvolution's block shape, and from it the time the deconvolution
-   stage's FFTs alone need (volumes x blocks x iterations x 2 pairs).
+4. measures a machine limit in the same run: the seconds of one transform pair (forward + inverse,
+   scipy, 2 workers: real FFTs, or a DCT in z and real FFTs in y/x for the mirror z boundary) on the
+   deconvolution's block shape, and from it the time the deconvolution stage's transforms alone need
+   (volumes x blocks x iterations x 2 pairs).
 
 The SpaceTx tile-set export is of the *registered, deconvolved* data (merfishflow's output), so
 starfish is given the corrected data instead: fed the export, it would be scored on merfishflow's
@@ -223,34 +224,37 @@ def run_starfish(base: Path, experiment: Path) -> dict:
 
 
 # machine limit ----------------------------------------------------------------------------------
-def fft_limit(experiment: Path, deconvolution: dict, repeats: int = 3) -> dict:
-    """Seconds of one rfftn + irfftn pair (scipy, 2 workers) on the deconvolution's block; the FFT-only time
+def fft_limit(experiment: Path, deconvolution: dict, repeats: int = 5) -> dict:
+    """Seconds of one forward + inverse block transform pair (scipy, 2 workers) on the deconvolution's block, as
+    richardson_lucy runs it (rfftn, or DCT in z + rfftn in y/x for the mirror z boundary); the transform-only time
     of the deconvolution stage (volumes x blocks x iterations x 2 pairs)."""
-    import scipy.fft as sfft
-
-    from merfishflow.image.deconvolution import _plan  # the block geometry richardson_lucy uses
+    from merfishflow.image import deconvolution as dc  # the block geometry and transforms richardson_lucy uses
     from merfishflow.io import datastore
     from merfishflow.io.paths import ExperimentPaths
 
     paths = ExperimentPaths(experiment)
     calibration = datastore.read_marker(paths.calibrations)
-    psf_shape = datastore.read_array(paths.calibrations, "psf_data").shape[1:]
+    psfs = datastore.read_array(paths.calibrations, "psf_data")
     shape = image_shape(experiment)
     from merfishflow.stages.deconvolve import DeconvolutionParams
 
     params = {**DeconvolutionParams().to_dict(), **deconvolution}
-    _, yblocks, xblocks, fft_shape = _plan(shape, psf_shape, params["tile_yx"], params["overlap_yx"])
+    z_boundary = dc._resolve_z_boundary(params["z_boundary"], psfs[0])
+    mirror_z = z_boundary == "mirror"
+    _, yblocks, xblocks, fft_shape = dc._plan(shape, psfs.shape[1:], params["tile_yx"], params["overlap_yx"], mirror_z)
+    backend = dc._NumpyBackend(2, mirror_z)
     block = np.random.default_rng(0).random(fft_shape, dtype=np.float32)
+    backend.inverse(backend.forward(block), fft_shape)   # warm-up: plans, first touch
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
-        spectrum = sfft.rfftn(block, workers=2)
-        sfft.irfftn(spectrum, s=fft_shape, workers=2)
+        backend.inverse(backend.forward(block), fft_shape)
         seconds.append(time.perf_counter() - start)
     pair = min(seconds)
     volumes = len(calibration["exp_order"]["rounds"]) * (1 + len(calibration["exp_order"]["columns"]))
     blocks = len(yblocks) * len(xblocks)
-    return {"fft_shape": list(fft_shape), "pair_seconds": pair, "blocks_per_volume": blocks, "volumes": volumes,
+    return {"fft_shape": list(fft_shape), "z_boundary": z_boundary, "pair_seconds": pair,
+            "blocks_per_volume": blocks, "volumes": volumes,
             "gflops": 2 * 2.5 * np.prod(fft_shape) * np.log2(np.prod(fft_shape)) / pair / 1e9,
             "decon_fft_seconds_per_iteration": volumes * blocks * 2 * pair}
 
@@ -286,7 +290,8 @@ def report(case: str, shape, mf: dict, sf: dict, fft: dict, iterations: int) -> 
               f"{peak / sf['max_rss_mb']:.2f} |",
               f"| F1 (0.5 µm) | **{mf['f1']:.3f}** (P {mf['precision']:.3f}, R {mf['recall']:.3f}) | "
               f"{sf['f1']:.3f} (P {sf['precision']:.3f}, R {sf['recall']:.3f}) | |",
-              "", f"machine limit: one rfftn+irfftn pair on the {fft['fft_shape']} block takes "
+              "", f"machine limit: one forward+inverse transform pair (z boundary {fft['z_boundary']}) on the "
+              f"{fft['fft_shape']} block takes "
               f"{fft['pair_seconds'] * 1e3:.0f} ms ({fft['gflops']:.1f} GFLOP/s, 2 workers); the deconvolution's "
               f"FFTs alone ({fft['volumes']} volumes x {fft['blocks_per_volume']} blocks x {iterations} iterations x "
               f"2 pairs) need {fft_bound:.1f} s on the whole machine: merfishflow wall / FFT bound = "

@@ -12,7 +12,7 @@ rule register_local:
         PIPELINE.log("register_local", "{tile}"),
     benchmark:
         PIPELINE.benchmark("register_local", "{tile}"),
-    threads: 2
+    threads: REGISTER_THREADS
     group:
         "tile"
     resources:

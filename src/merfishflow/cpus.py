@@ -1,4 +1,4 @@
-"""How many CPUs this process may use: the one answer every threaded step shares."""
+"""How many CPUs this process may use, and how many BLAS may: the answers every threaded step shares."""
 
 from __future__ import annotations
 
@@ -11,3 +11,21 @@ def available_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+def blas_threads(n_threads: int):
+    """A context in which BLAS uses at most ``n_threads`` threads (0: left as it is).
+
+    So that a step asked for one thread is single-threaded throughout: OpenBLAS's own threads on a
+    busy core slow every small product down. threadpoolctl comes with scikit-learn; the limit is
+    process-wide while the context is open.
+    """
+    from contextlib import nullcontext
+
+    if n_threads <= 0:
+        return nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        return nullcontext()
+    return threadpool_limits(n_threads, user_api="blas")

@@ -139,7 +139,12 @@ def _tukey(n, alpha):
 
 
 def _prepare_for_correlation(image, window_alpha):
-    """float32 copy, median subtracted, multiplied by a separable Tukey window, mean removed."""
+    """float32 copy, median subtracted, multiplied by a separable Tukey window, mean removed, unit RMS.
+
+    The unit RMS keeps phase_cross_correlation's float32 spectral energies (sums of |F|^2 over the
+    volume) finite: photoelectron counts of a 9 x 1024^2 stack overflowed them (a RuntimeWarning and an
+    infinite error estimate); the phase normalisation makes the shift itself independent of scale.
+    """
     out = np.array(image, dtype=np.float32)
     out -= np.float32(np.median(out))
     for axis, n in enumerate(out.shape):
@@ -147,6 +152,9 @@ def _prepare_for_correlation(image, window_alpha):
         shape[axis] = n
         out *= _tukey(n, window_alpha).reshape(shape)
     out -= np.float32(out.mean(dtype=np.float64))
+    rms = float(np.sqrt(np.mean(np.square(out, dtype=np.float64))))
+    if rms > 0:
+        out *= np.float32(1.0 / rms)
     return out
 
 
@@ -505,6 +513,9 @@ class RoundRegistration:
         ``field`` (None: the rigid result is applied) but in ``rejected_field``.
     rejected_field : ndarray of float32 or None
         The optical-flow field that was computed and rejected.
+    registered : ndarray of float32 or None
+        ``moving`` resampled by the kept transform (``apply(moving)``), when
+        the scores were computed (they need it); None otherwise.
     """
 
     shift_zyx_px: np.ndarray
@@ -515,6 +526,7 @@ class RoundRegistration:
     ncc_after: float | None = None
     flow_accepted: bool | None = None
     rejected_field: np.ndarray | None = None
+    registered: np.ndarray | None = None
 
     def displacement(self, full_shape):
         """Total displacement at every voxel, see :func:`total_displacement`."""
@@ -618,18 +630,24 @@ def register_round(reference, moving, *, upsample_factor=20, downsample=DEFAULT_
                                    **flow_kwargs)
     ncc = [None, None, None]
     guard = field is not None and min_flow_gain is not None
+    registered = None
     if metrics or guard:
         reach = np.abs(shift) + (np.abs(field).max(axis=(1, 2, 3)) if field is not None else 0.0)
         inner = _interior(reference.shape, np.ceil(reach).astype(int) + 1)
         ref = reference[inner]
         ncc[0] = normalized_cross_correlation(ref, moving[inner])
-        ncc[1] = normalized_cross_correlation(ref, apply_transform(moving, shift)[inner])
+        registered = apply_transform(moving, shift)
+        ncc[1] = normalized_cross_correlation(ref, registered[inner])
         if field is not None:
-            ncc[2] = normalized_cross_correlation(
-                ref, apply_transform(moving, shift, field, downsample=factors)[inner])
+            flowed = apply_transform(moving, shift, field, downsample=factors)
+            ncc[2] = normalized_cross_correlation(ref, flowed[inner])
+            if not guard or ncc[2] > ncc[1] + float(min_flow_gain):
+                registered = flowed
+            del flowed
     accepted, rejected = None, None
     if guard:
         accepted = bool(ncc[2] > ncc[1] + float(min_flow_gain))
         if not accepted:
             field, rejected = None, field
-    return RoundRegistration(shift, field, factors, *ncc, flow_accepted=accepted, rejected_field=rejected)
+    return RoundRegistration(shift, field, factors, *ncc, flow_accepted=accepted, rejected_field=rejected,
+                             registered=registered)

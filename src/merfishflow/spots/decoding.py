@@ -369,10 +369,10 @@ def decode_tile(read_bits: Callable, shape_zyx, codewords, voxel_size_zyx_um, pa
         voxel size that is not 3 positive numbers, or a ``read_bits`` whose
         array does not match the codebook's bit count or the shape.
     """
-    from .enhancement import _blas_threads
+    from ..cpus import blas_threads
     from .tile import _decode_tile
 
-    with _blas_threads(params.n_threads):
+    with blas_threads(params.n_threads):
         return _decode_tile(read_bits, shape_zyx, codewords, voxel_size_zyx_um, params, progress)
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..cpus import available_cpus
+from ..cpus import available_cpus, blas_threads
 from ..image.kernels import PlaneDoG, gaussian_weights
 
 if TYPE_CHECKING:
@@ -36,20 +36,6 @@ def _n_threads(params: DecodingParams, n_bits: int) -> int:
     if params.n_threads > 0:
         return min(params.n_threads, n_bits)
     return max(1, min(available_cpus(), n_bits))
-
-
-def _blas_threads(n_threads: int):
-    """BLAS limited to ``n_threads`` threads while decoding (0: left as it is), so that ``n_threads=1`` is
-    single-threaded throughout (OpenBLAS's threads on a busy core slow every small product down)."""
-    from contextlib import nullcontext
-
-    if n_threads <= 0:
-        return nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        return nullcontext()
-    return threadpool_limits(n_threads, user_api="blas")
 
 
 @functools.lru_cache(maxsize=16)
@@ -160,7 +146,7 @@ def enhance_bits(stack, z_core, sigmas: dict, truncate: float, n_threads: int = 
         # One BLAS thread per filter thread: the z pass's band matrix products are small, and OpenBLAS's own
         # threads on top of ours oversubscribe the cores (2 filter threads on 2 cores: 1.5 s with 2 BLAS threads,
         # 1.05 s with 1). threadpoolctl comes with scikit-learn; the limit is process-wide while the pool runs.
-        with _blas_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
+        with blas_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(run, range(workers)))
     else:
         run(0)

@@ -28,12 +28,13 @@ class DeconvolutionParams:
     acceleration: str = "biggs_andrews"
     tile_yx: int = 512
     overlap_yx: int | None = None
+    z_boundary: str = "auto"
     device: str = "cpu"
 
     def to_dict(self) -> dict:
         return {"iterations": self.iterations, "stop_tolerance": self.stop_tolerance,
                 "acceleration": self.acceleration, "tile_yx": self.tile_yx,
-                "overlap_yx": self.overlap_yx, "device": self.device}
+                "overlap_yx": self.overlap_yx, "z_boundary": self.z_boundary, "device": self.device}
 
 
 def run_deconvolve(experiment_dir, tile, round_, params=DeconvolutionParams(), progress=print, threads=1):
@@ -58,7 +59,8 @@ def run_deconvolve(experiment_dir, tile, round_, params=DeconvolutionParams(), p
         estimate, info = richardson_lucy(
             corrected, psfs[channel], params.iterations, stop_tolerance=params.stop_tolerance,
             acceleration=None if params.acceleration == "none" else params.acceleration,
-            tile_yx=params.tile_yx, overlap_yx=params.overlap_yx, xp=xp, workers=threads, return_info=True,
+            tile_yx=params.tile_yx, overlap_yx=params.overlap_yx, z_boundary=params.z_boundary, xp=xp,
+            workers=threads, return_info=True,
             progress=lambda message, name=name: progress(f"{tile} {round_} {name}: {message}"))
         del corrected
         data, saturated = to_uint16(estimate)
@@ -68,6 +70,7 @@ def run_deconvolve(experiment_dir, tile, round_, params=DeconvolutionParams(), p
             channel=name,
             iterations_max=info.max_iterations,
             iterations_min=int(info.iterations.min()),
+            z_boundary=info.z_boundary,
             n_saturated_voxels=saturated,
             units="photoelectrons, rounded, saturating at 65535",
             # The backend changes float rounding, so it is part of what made these bytes.

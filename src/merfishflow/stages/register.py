@@ -16,6 +16,7 @@ subgroup ``polyDT/<tile>/round0000.zarr/global_registration`` (docs/datastore.md
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,6 +77,9 @@ def _registered(image):
 def run_register_local(experiment_dir, tile, params=RegistrationParams(), progress=print, threads=1):
     """Register every round of one tile onto its round 0 and resample the readouts with their round.
 
+    ``threads`` rounds are registered at once (scipy.ndimage, scikit-image's optical flow and the
+    FFTs release the GIL), each on one thread; the outputs do not depend on ``threads``.
+
     Returns
     -------
     dict
@@ -87,47 +91,65 @@ def run_register_local(experiment_dir, tile, params=RegistrationParams(), progre
     rounds = experiment.rounds
     reference_path = paths.fiducial_array(tile, rounds[0], DECON_DATA)
     reference = datastore.read_marked_array(reference_path).astype(np.float32)
+
+    def register(round_):
+        return round_, _register_local_round(paths, experiment, tile, round_, reference, reference_path, params,
+                                             progress)
+
+    with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
+        return dict(pool.map(register, rounds))
+
+
+def _register_local_round(paths, experiment, tile, round_, reference, reference_path, params, progress):
+    """Register one round's fiducial onto ``reference`` (round 0's), write its field and every registered
+    channel of the round; returns the rigid shift (zyx px)."""
     reference_name = str(reference_path.relative_to(paths.datastore))
-    shifts = {}
-    for round_ in rounds:
-        groups = [(group, channel) for group, channel, _ in round_targets(paths, experiment, tile, round_)]
-        fiducial_decon = groups[0][0] / DECON_DATA
-        if round_ == rounds[0]:
-            registration, moving = None, reference
-            shift, extra = np.zeros(3), {"ncc_before": 1.0}
+    groups = [(group, channel) for group, channel, _ in round_targets(paths, experiment, tile, round_)]
+    fiducial_decon = groups[0][0] / DECON_DATA
+    if round_ == experiment.rounds[0]:
+        registration, registered_fiducial = None, reference
+        shift, extra = np.zeros(3), {"ncc_before": 1.0}
+    else:
+        moving = datastore.read_marked_array(fiducial_decon).astype(np.float32)
+        registration = register_round(reference, moving, upsample_factor=params.upsample_factor,
+                                      downsample=FLOW_DOWNSAMPLE, method=params.flow_method,
+                                      flow=params.optical_flow, rigid_crop_yx=params.rigid_crop_yx,
+                                      min_flow_gain=params.min_flow_gain)
+        registered_fiducial = registration.registered
+        if registered_fiducial is None:
+            registered_fiducial = registration.apply(moving)
+        del moving
+        shift = registration.shift_zyx_px
+        extra = _scores(registration)
+        field = registration.field if registration.field is not None else np.zeros(
+            (3,) + tuple(-(-n // f) for n, f in zip(reference.shape, FLOW_DOWNSAMPLE)), np.float32)
+        datastore.write_marked_array(groups[0][0] / FLOW_FIELD, field.astype(np.float32), datastore.stage_record(
+            "register_local", params.to_dict(),
+            {"reference": datastore.marker_digest(reference_path), "moving": datastore.marker_digest(fiducial_decon)},
+            reference=reference_name, round=round_, downsample_zyx=list(FLOW_DOWNSAMPLE), meaning=FLOW_MEANING,
+            shift_zyx_px=[float(v) for v in shift], units="full-resolution pixels", rms_px=_rms(field), **extra,
+            candidate_rms_px=None if registration.rejected_field is None else _rms(registration.rejected_field),
+        ), threads=1, dims=FLOW_DIMS)
+    shift = [float(v) for v in shift]
+    progress(f"{tile} {round_}: shift {np.round(shift, 3).tolist()} px, "
+             + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                         for k, v in extra.items() if v is not None))
+    for group, _ in groups:
+        source = group / DECON_DATA
+        if group == groups[0][0]:
+            out = registered_fiducial
         else:
-            moving = datastore.read_marked_array(fiducial_decon).astype(np.float32)
-            registration = register_round(reference, moving, upsample_factor=params.upsample_factor,
-                                          downsample=FLOW_DOWNSAMPLE, method=params.flow_method,
-                                          flow=params.optical_flow, rigid_crop_yx=params.rigid_crop_yx,
-                                          min_flow_gain=params.min_flow_gain)
-            shift = registration.shift_zyx_px
-            extra = _scores(registration)
-            field = registration.field if registration.field is not None else np.zeros(
-                (3,) + tuple(-(-n // f) for n, f in zip(reference.shape, FLOW_DOWNSAMPLE)), np.float32)
-            datastore.write_marked_array(groups[0][0] / FLOW_FIELD, field.astype(np.float32), datastore.stage_record(
-                "register_local", params.to_dict(),
-                {"reference": datastore.marker_digest(reference_path), "moving": datastore.marker_digest(fiducial_decon)},
-                reference=reference_name, round=round_, downsample_zyx=list(FLOW_DOWNSAMPLE), meaning=FLOW_MEANING,
-                shift_zyx_px=[float(v) for v in shift], units="full-resolution pixels", rms_px=_rms(field), **extra,
-                candidate_rms_px=None if registration.rejected_field is None else _rms(registration.rejected_field),
-            ), threads=threads, dims=FLOW_DIMS)
-        shifts[round_] = [float(v) for v in shift]
-        progress(f"{tile} {round_}: shift {np.round(shift, 3).tolist()} px, "
-                 + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                             for k, v in extra.items() if v is not None))
-        for group, _ in groups:
-            source = group / DECON_DATA
-            image = moving if group == groups[0][0] else datastore.read_marked_array(source)
+            image = datastore.read_marked_array(source)
             out = image if registration is None else registration.apply(image)
-            datastore.write_marked_array(group / REGISTERED_DATA, _registered(out), datastore.stage_record(
-                "register_local", params.to_dict(),
-                {"decon_data": datastore.marker_digest(source), "reference": datastore.marker_digest(reference_path)},
-                reference=reference_name, round=round_, shift_zyx_px=shifts[round_], **extra,
-                flow_field=None if registration is None else
-                str((groups[0][0] / FLOW_FIELD).relative_to(paths.datastore)),
-            ), threads=threads)
-    return shifts
+        datastore.write_marked_array(group / REGISTERED_DATA, _registered(out), datastore.stage_record(
+            "register_local", params.to_dict(),
+            {"decon_data": datastore.marker_digest(source), "reference": datastore.marker_digest(reference_path)},
+            reference=reference_name, round=round_, shift_zyx_px=shift, **extra,
+            flow_field=None if registration is None else
+            str((groups[0][0] / FLOW_FIELD).relative_to(paths.datastore)),
+        ), threads=1)
+        del out
+    return shift
 
 
 def run_register_global(experiment_dir, tiles, stage_positions_um, params=RegistrationParams(), progress=print):

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from ..io.metadata import Experiment
 from .config import segmentation_options
 
+# register_local's threads: rounds registered at once, each holding its own volumes (register_mem_mb).
+REGISTER_THREADS = 2
+
 
 @dataclass(frozen=True)
 class JobResources:
@@ -96,11 +99,13 @@ class JobResources:
         return int(math.ceil(800 + per_voxel * z * (y + band) * (x + band) / 2**20)) * attempt
 
     def register_mem_mb(self, attempt: int = 1) -> int:
-        """Reference, moving and resampled volumes in float32, plus ~5 complex64 copies of the rigid crop."""
+        """Per round in flight (the job's threads): reference, moving and resampled volumes in float32,
+        plus ~5 complex64 copies of the rigid crop."""
         z, y, x = self.experiment.image_shape_zyx
         crop = self.config["registration"]["rigid_crop_yx"]
         crop_voxels = z * min(y, crop or y) * min(x, crop or x)
-        return int(math.ceil(800 + (16 * self._voxels + 40 * crop_voxels) / 2**20)) * attempt
+        per_round = (16 * self._voxels + 40 * crop_voxels) / 2**20
+        return int(math.ceil(800 + REGISTER_THREADS * per_round)) * attempt
 
     def register_runtime_min(self, attempt: int = 1) -> int:
         """All rounds and bits of a tile at 1 Mvoxel/s per volume (benchmarks/RESULTS.md)."""
