@@ -126,9 +126,21 @@ def run_merfishflow(base: Path, shape, deconvolution: dict, simulation: dict) ->
     stages.pop("simulate", None)
     evaluation = json.loads((experiment / "qi2labdatastore" / "decoded" / "evaluation.json").read_text())
     return {"wall_seconds": wall, "stages": stages, "f1": evaluation["overall"]["f1"],
+            "cells_mean_iou": cells_mean_iou(experiment),
             "precision": evaluation["overall"]["precision"], "recall": evaluation["overall"]["recall"],
             "n_molecules": evaluation["overall"]["n_molecules"], "load_before": load_before,
             "load_after": _common.load_average(), "experiment": str(experiment)}
+
+
+def cells_mean_iou(experiment: Path) -> float:
+    """Mean IoU of the tile's cell masks against the simulator's (:func:`merfishflow.evaluation.cells.mean_iou`)."""
+    import tifffile
+
+    from merfishflow import Datastore
+    from merfishflow.evaluation.cells import mean_iou
+
+    truth = tifffile.imread(experiment / "ground_truth" / f"cells_{TILE}.tif")
+    return float(mean_iou(Datastore(experiment / "qi2labdatastore").labels(TILE), truth))
 
 
 # starfish (child process) -----------------------------------------------------------------------
@@ -290,6 +302,7 @@ def report(case: str, shape, mf: dict, sf: dict, fft: dict, iterations: int) -> 
               f"{peak / sf['max_rss_mb']:.2f} |",
               f"| F1 (0.5 µm) | **{mf['f1']:.3f}** (P {mf['precision']:.3f}, R {mf['recall']:.3f}) | "
               f"{sf['f1']:.3f} (P {sf['precision']:.3f}, R {sf['recall']:.3f}) | |",
+              f"| cells: mean IoU against the simulated masks | {mf['cells_mean_iou']:.3f} | - | |",
               "", f"machine limit: one forward+inverse transform pair (z boundary {fft['z_boundary']}) on the "
               f"{fft['fft_shape']} block takes "
               f"{fft['pair_seconds'] * 1e3:.0f} ms ({fft['gflops']:.1f} GFLOP/s, 2 workers); the deconvolution's "

@@ -86,6 +86,35 @@ def test_deconvolved_data_is_recorded(demo_run):
     assert decon.max() > 1.5 * corrected.max()
 
 
+def test_deconvolved_data_records_the_z_boundary(demo_run):
+    # The demo's model PSF is even in z, so the default 'auto' ran the unpadded mirror boundary.
+    _, _, experiment_dir = demo_run
+    attrs = datastore.read_marker(ExperimentPaths(experiment_dir).readout_array("tile0000", "bit003", DECON_DATA))
+    assert attrs["parameters"]["z_boundary"] == "auto" and attrs["z_boundary"] == "mirror"
+
+
+def test_fiducial_can_skip_deconvolution(demo_copy):
+    from merfishflow.stages.deconvolve import DeconvolutionParams
+
+    _, _, experiment_dir = demo_copy
+    paths = ExperimentPaths(experiment_dir)
+    from merfishflow.io.metadata import round_targets
+
+    targets = round_targets(paths, load_experiment(experiment_dir), "tile0000", "round0001")
+    readout = targets[1][0] / DECON_DATA     # the first readout bit imaged in round0001
+    before = datastore.read_marked_array(readout)
+    run_deconvolve(experiment_dir, "tile0000", "round0001", DeconvolutionParams(fiducial="skip"),
+                   progress=lambda m: None)
+    fiducial = paths.fiducial_array("tile0000", "round0001", DECON_DATA)
+    corrected = datastore.read_array(paths.fiducial_group("tile0000", "round0001"), "corrected_data")
+    assert np.array_equal(datastore.read_marked_array(fiducial), corrected)
+    attrs = datastore.read_marker(fiducial)
+    assert attrs["iterations_max"] == 0 and "not deconvolved" in attrs["units"]
+    # The readouts of the round are still deconvolved, as before.
+    assert np.array_equal(datastore.read_marked_array(readout), before)
+    assert datastore.read_marker(readout)["iterations_max"] > 0
+
+
 def test_global_placement_of_every_tile(demo_run):
     _, _, experiment_dir = demo_run
     paths = ExperimentPaths(experiment_dir)

@@ -29,12 +29,14 @@ class DeconvolutionParams:
     tile_yx: int = 512
     overlap_yx: int | None = None
     z_boundary: str = "auto"
+    fiducial: str = "deconvolve"
     device: str = "cpu"
 
     def to_dict(self) -> dict:
         return {"iterations": self.iterations, "stop_tolerance": self.stop_tolerance,
                 "acceleration": self.acceleration, "tile_yx": self.tile_yx,
-                "overlap_yx": self.overlap_yx, "z_boundary": self.z_boundary, "device": self.device}
+                "overlap_yx": self.overlap_yx, "z_boundary": self.z_boundary, "fiducial": self.fiducial,
+                "device": self.device}
 
 
 def run_deconvolve(experiment_dir, tile, round_, params=DeconvolutionParams(), progress=print, threads=1):
@@ -51,11 +53,21 @@ def run_deconvolve(experiment_dir, tile, round_, params=DeconvolutionParams(), p
     calibration_digest = datastore.marker_digest(paths.calibrations)
     xp = {"cpu": None, "auto": "auto", "gpu": "cupy"}[params.device]
     written = []
-    for group, channel, _ in round_targets(paths, Experiment.from_calibration(calibration), tile, round_):
+    targets = round_targets(paths, Experiment.from_calibration(calibration), tile, round_)
+    for index, (group, channel, _) in enumerate(targets):
         source = datastore.read_marker(group)
         check_psf_matches(calibration["voxel_size_zyx_um"], source["voxel_size_zyx_um"])
         corrected = datastore.read_array(group, CORRECTED_DATA)
         name = calibration["channels"][channel]["name"]
+        if index == 0 and params.fiducial == "skip":   # round_targets lists the round's fiducial first
+            attrs = datastore.stage_record(
+                "deconvolve", params.to_dict(),
+                {"corrected_data": datastore.marker_digest(group), "calibrations": calibration_digest},
+                channel=name, iterations_max=0, iterations_min=0, n_saturated_voxels=0,
+                units="photoelectrons: corrected_data, not deconvolved (deconvolution.fiducial: skip)")
+            written.append(datastore.write_marked_array(group / DECON_DATA, corrected, attrs, threads=threads).parent)
+            progress(f"{tile} {round_} {name}: not deconvolved (deconvolution.fiducial: skip)")
+            continue
         estimate, info = richardson_lucy(
             corrected, psfs[channel], params.iterations, stop_tolerance=params.stop_tolerance,
             acceleration=None if params.acceleration == "none" else params.acceleration,
