@@ -138,6 +138,27 @@ def test_optical_flow_reduces_residual_misalignment(sims, amplitude):
     assert after <= 0.6 * before
 
 
+@pytest.mark.parametrize("shape", [(16, 32, 32), (40, 48, 40)])   # one pyramid level, and two
+def test_lucas_kanade_equals_scikit_image(sims, shape):
+    from skimage.registration import optical_flow_ilk
+
+    from merfishflow.image.registration import iterative_lucas_kanade
+
+    sim = sims[1.5]
+    crop = tuple(slice(0, n) for n in shape)
+    reference = np.pad(sim.fiducial[0], [(0, max(0, n - m)) for n, m in zip(shape, sim.fiducial[0].shape)],
+                       mode="reflect")[crop]
+    moving = np.pad(sim.fiducial[2], [(0, max(0, n - m)) for n, m in zip(shape, sim.fiducial[2].shape)],
+                    mode="reflect")[crop]
+    reference, moving = (np.ascontiguousarray(a / a.max(), dtype=np.float32) for a in (reference, moving))
+    ours = iterative_lucas_kanade(reference, moving, radius=2, num_warp=3)
+    theirs = optical_flow_ilk(reference, moving, radius=2, num_warp=3, gaussian=True, prefilter=False,
+                              dtype=np.float32)
+    assert ours.shape == theirs.shape and ours.dtype == np.float32
+    assert np.abs(theirs).max() > 0.5                      # a real flow to agree on
+    assert np.abs(ours - theirs).max() <= 1e-3 * max(1.0, np.abs(theirs).max())
+
+
 def test_optical_flow_does_not_spoil_a_pure_shift(sims):
     sim = sims[0.0]
     for r in range(1, sim.n_rounds):
