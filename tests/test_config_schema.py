@@ -101,3 +101,24 @@ def test_a_check_across_keys_comes_before_any_job(tmp_path):
     text = write_config(tmp_path / "base.yaml", "experiment").read_text() + "decoding:\n  min_area: 50\n  max_area: 10\n"
     out = _refused_before_any_job(tmp_path, text, "-n")
     assert "config: decoding parameter min_area=50: expected 1 <= min_area <= max_area" in out, out[-3000:]
+
+
+def test_input_functions_parse_the_schema_once(monkeypatch):
+    """segmentation_options runs for every tile's jobs while Snakemake builds the DAG; parsing
+    config/schema.yaml each time made a 1000-tile dry run 144 s instead of 59 s (benchmarks/RESULTS.md)."""
+    import yaml
+
+    from merfishflow.workflow import config as config_module
+
+    config_module._parsed_schema.cache_clear()
+    config_module._segmentation_rule_defaults.cache_clear()
+    calls = []
+    real_load = yaml.safe_load
+    monkeypatch.setattr(yaml, "safe_load", lambda text: calls.append(1) or real_load(text))
+    for _ in range(50):
+        fields, context_um, image = config_module.segmentation_options({"context_um": 2.0, "method": "watershed"})
+    assert fields == {"method": "watershed"} and context_um == 2.0 and image == "corrected"
+    assert len(calls) == 1
+    # Callers get their own copy of the schema.
+    config_module._schema()["properties"].clear()
+    assert "segmentation" in config_module._schema()["properties"]
