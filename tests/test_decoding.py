@@ -85,10 +85,10 @@ def test_decoded_spots_reach_the_f1_target(registered_tile, decoded):
     assert score["f1"] >= F1_TARGET, score
 
 
-@pytest.mark.xfail(strict=True, reason="since the accelerated deconvolution became the default (20 Biggs-Andrews "
-                   "iterations), the refinement on this tile ends in a 2-cycle of max relative change 0.0554 / 0.0586 "
-                   "after 4 iterations instead of falling below convergence_tol; F1 holds (test_decoded_spots_*)")
 def test_normalization_converges(decoded):
+    # With the accelerated deconvolution this tile's refinement fell into a 2-cycle (max relative change
+    # 0.0554 / 0.0586); a step that makes no progress is now halved, and it converges.
+    print([h["max_rel_change"] for h in decoded.history])
     assert decoded.converged
     changes = [h["max_rel_change"] for h in decoded.history if h["max_rel_change"] is not None]
     assert changes[-1] <= DecodingParams().convergence_tol < changes[0]

@@ -102,11 +102,19 @@ def _fit_normalization(cache, codewords, params, progress):
     scale, background = _initial_normalization(cache, params.init_snr)
     history = []
     converged = False
+    previous_change = math.inf
     for it in range(params.n_iterations):
         spots, peaks, _ = _decode_source(from_cache, Z, (cy, cx), codewords, scale, background, params, None)
         new_scale, new_bg = _refine(spots["barcode_id"].to_numpy(), peaks[:, :n_bits], codewords, scale, background,
                                     params.min_spots_per_bit)
         change = float(np.max(np.abs(new_scale / scale - 1)))
+        if change >= previous_change:
+            # No progress: the decoded set flips between two states (a 2-cycle on small crops). Take half
+            # the step (geometric mean of the scales, mean of the backgrounds) so that the fixed point
+            # between them is approached instead of jumped over.
+            new_scale = np.sqrt(new_scale * scale)
+            new_bg = 0.5 * (new_bg + background)
+        previous_change = change
         history.append({"iteration": it, "scale": scale.tolist(), "background": background.tolist(),
                         "n_spots": int(len(spots)), "max_rel_change": change})
         if progress is not None:
