@@ -105,7 +105,7 @@ def test_a_check_across_keys_comes_before_any_job(tmp_path):
 
 def test_input_functions_parse_the_schema_once(monkeypatch):
     """segmentation_options runs for every tile's jobs while Snakemake builds the DAG; parsing
-    config/schema.yaml each time made a 1000-tile dry run 144 s instead of 59 s (benchmarks/RESULTS.md)."""
+    config/schema.yaml each time dominated a large dry run (benchmarks/RESULTS.md)."""
     import yaml
 
     from merfishflow.workflow import config as config_module

@@ -48,8 +48,7 @@ deeper than the stack; one plane: the PSF's z sum). This halves the FFT work of
 a thin stack (9 planes instead of ``next_fast_len(9 + 2 * 4)`` = 18), and is
 ``z_boundary="mirror"``. The mirror passes through the outer planes, so a spot
 in the first plane stays one spot (a half-sample mirror would pair it with its
-image one plane out and lose recall there: F1 0.983 instead of 0.988 on the
-benchmark tile). Otherwise (``"pad"``, and ``"auto"`` with a PSF that
+image one plane out; benchmarks/RESULTS.md). Otherwise (``"pad"``, and ``"auto"`` with a PSF that
 is not even in z, e.g. a measured one) the block is padded in z by the PSF
 half-size with ``pad_mode`` and transformed by FFT like y/x.
 
@@ -102,8 +101,8 @@ Z_BOUNDARIES = ("auto", "mirror", "pad")
 # float32 round-off of a symmetric model, not the noise of a measured bead.
 Z_EVEN_RTOL = 1e-5
 # Up to this many planes the mirror boundary's DCT in z is a float32 matrix product (sgemm), above it
-# pocketfft's DCT: on (nz, 600, 600) blocks, one thread, the product took 3.2 / 20.5 / 112 ms for 9 /
-# 32 / 100 planes against 8.4 / 82.7 / 128 ms (pocketfft transforms each z line separately).
+# pocketfft's DCT, which transforms each z line of a block separately and was slower at every depth
+# measured up to 100 planes (benchmarks/RESULTS.md, "This stop: the mirror z boundary").
 DCT_MATMUL_MAX_PLANES = 128
 # Lateral padding / context beyond the margins, in PSF half-sizes (z uses 1). With 1, the circular
 # wrap of the padded block changed the outermost image voxels by up to 0.7 % of the maximum between

@@ -142,7 +142,7 @@ def _prepare_for_correlation(image, window_alpha):
     """float32 copy, median subtracted, multiplied by a separable Tukey window, mean removed, unit RMS.
 
     The unit RMS keeps phase_cross_correlation's float32 spectral energies (sums of |F|^2 over the
-    volume) finite: photoelectron counts of a 9 x 1024^2 stack overflowed them (a RuntimeWarning and an
+    volume) finite: photoelectron counts of a large stack overflow them (a RuntimeWarning and an
     infinite error estimate); the phase normalisation makes the shift itself independent of scale.
     """
     out = np.array(image, dtype=np.float32)
@@ -323,11 +323,11 @@ def iterative_lucas_kanade(reference, moving, *, radius=2, num_warp=3):
     ``A u = b`` with ``A_ij = G(g_i g_j)``, ``b_i = G(g_i e)`` (``G`` the
     Gaussian window of sigma ``(2 radius + 1) / 4``, ``e`` the linearised
     error); systems with ``|det A| < 1e-14`` give 0. scikit-image solves the
-    systems with a batched ``numpy.linalg.solve``: on a 9 x 342 x 342
-    volume that was 57 % of the flow's time and, holding the GIL, kept two
-    rounds from running side by side. Here ``u = adj(A) b / det A`` over
-    whole arrays (float32; the flow agrees with scikit-image's to float32
-    round-off on the simulator's fiducials, tests/test_registration.py).
+    systems with a batched ``numpy.linalg.solve``, most of the flow's time
+    and, holding the GIL, it kept two rounds from running side by side
+    (benchmarks/RESULTS.md). Here ``u = adj(A) b / det A`` over whole arrays
+    (float32; the flow agrees with scikit-image's to float32 round-off on the
+    simulator's fiducials, tests/test_registration.py).
 
     Parameters
     ----------

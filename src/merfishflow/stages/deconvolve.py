@@ -59,10 +59,10 @@ def run_deconvolve(experiment_dir, tile, round_, params=DeconvolutionParams(), p
         check_psf_matches(calibration["voxel_size_zyx_um"], source["voxel_size_zyx_um"])
         corrected = datastore.read_array(group, CORRECTED_DATA)
         name = calibration["channels"][channel]["name"]
+        inputs = {"corrected_data": datastore.marker_digest(group), "calibrations": calibration_digest}
         if index == 0 and params.fiducial == "skip":   # round_targets lists the round's fiducial first
             attrs = datastore.stage_record(
-                "deconvolve", params.to_dict(),
-                {"corrected_data": datastore.marker_digest(group), "calibrations": calibration_digest},
+                "deconvolve", params.to_dict(), inputs,
                 channel=name, iterations_max=0, iterations_min=0, n_saturated_voxels=0,
                 units="photoelectrons: corrected_data, not deconvolved (deconvolution.fiducial: skip)")
             written.append(datastore.write_marked_array(group / DECON_DATA, corrected, attrs, threads=threads).parent)
@@ -77,8 +77,7 @@ def run_deconvolve(experiment_dir, tile, round_, params=DeconvolutionParams(), p
         del corrected
         data, saturated = to_uint16(estimate)
         attrs = datastore.stage_record(
-            "deconvolve", params.to_dict(),
-            {"corrected_data": datastore.marker_digest(group), "calibrations": calibration_digest},
+            "deconvolve", params.to_dict(), inputs,
             channel=name,
             iterations_max=info.max_iterations,
             iterations_min=int(info.iterations.min()),

@@ -44,7 +44,7 @@ def _schema(schema_path=None) -> dict:
 @functools.lru_cache(maxsize=4)
 def _parsed_schema(path: str) -> dict:
     # Parsed once per process: input functions call segmentation_options for every tile's job, and
-    # parsing config/schema.yaml each time made a 1000-tile dry run 144 s instead of ~50 s.
+    # parsing config/schema.yaml each time dominated a large dry run (benchmarks/RESULTS.md).
     import yaml
 
     return yaml.safe_load(Path(path).read_text())
