@@ -21,12 +21,20 @@ Measures, in one run:
    same modules (``getrusage(RUSAGE_CHILDREN).ru_maxrss`` read in a minimal
    parent that starts only that child). Target <= 6 GB. Compared with
    :func:`richardson_lucy_peak_bytes`.
+3. **Whole volume per backend** (``--volume Z Y X``, off by default): the deconvolve stage's own
+   call (:class:`~merfishflow.stages.deconvolve.DeconvolutionParams` defaults: iterations,
+   acceleration, z boundary) on one synthetic volume, for each ``--xp`` backend (``numpy``,
+   ``cupy``) and each ``--volume-tiles`` tile_yx, host transfers included, against the same
+   backend's block transform pair (forward + inverse, as ``richardson_lucy`` runs them, timed in
+   the same run): ratio = wall / (blocks x iterations x 2 pairs). The cupy results are compared
+   with numpy's (largest difference relative to the image maximum).
 
 Usage
 -----
     python benchmarks/bench_deconvolution.py                          # both parts, ~4-6 min on 2 cores
     python benchmarks/bench_deconvolution.py --no-memory --repeats 2  # iteration cost only
     python benchmarks/bench_deconvolution.py --memory-shape 50 2048 2048
+    python benchmarks/bench_deconvolution.py --no-iteration --no-memory --volume 9 1024 1024 --xp numpy cupy
 
 Nothing is written except ``--json`` (if given).
 """
@@ -159,9 +167,67 @@ def run_child(args) -> None:
         assert out.dtype == np.float32 and out.shape == image.shape
 
 
+# 3. whole volume per backend ---------------------------------------------------------------------
+def _synchronize(backend):
+    if backend.name == "cupy":
+        backend.xp.cuda.Device().synchronize()
+
+
+def time_transform_pair(dc, backend, fft_shape, repeats=5) -> float:
+    """Seconds of the fastest of ``repeats`` forward + inverse block transform pairs on ``backend``."""
+    block = backend.to_device(np.random.default_rng(0).random(fft_shape, dtype=np.float32))
+    backend.inverse(backend.forward(block), fft_shape)       # warm-up: plans, first touch
+    _synchronize(backend)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        backend.inverse(backend.forward(block), fft_shape)
+        _synchronize(backend)
+        seconds.append(time.perf_counter() - start)
+    return min(seconds)
+
+
+def time_volume(shape_zyx, backends, tiles, workers, seed, repeats=2) -> list:
+    """One row per (backend, tile_yx): wall seconds of the stage's richardson_lucy call and its transform bound."""
+    from merfishflow.image import deconvolution as dc
+    from merfishflow.stages.deconvolve import DeconvolutionParams
+
+    params = DeconvolutionParams()
+    psf = dc._check_psf(make_psf())
+    image = synthetic_image(shape_zyx, seed)
+    mirror_z = dc._resolve_z_boundary(params.z_boundary, psf) == "mirror"
+    reference, rows = {}, []
+    for tile in tiles:
+        _, yblocks, xblocks, fft_shape = dc._plan(shape_zyx, psf.shape, tile, params.overlap_yx, mirror_z)
+        n_blocks = len(yblocks) * len(xblocks)
+        for name in backends:
+            backend = dc._backend(name, workers, mirror_z)
+            pair = time_transform_pair(dc, backend, fft_shape)
+            call = dict(stop_tolerance=params.stop_tolerance, acceleration=params.acceleration, tile_yx=tile,
+                        overlap_yx=params.overlap_yx, z_boundary=params.z_boundary, xp=name, workers=workers)
+            dc.richardson_lucy(image[:, :64, :64], psf, 2, **{**call, "tile_yx": None})   # warm-up: imports, kernels
+            seconds = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                out = dc.richardson_lucy(image, psf, params.iterations, **call)
+                seconds.append(time.perf_counter() - start)
+            reference.setdefault(tile, out)
+            bound = n_blocks * params.iterations * 2 * pair
+            row = {"backend": name, "tile_yx": tile, "fft_shape_zyx": list(fft_shape), "blocks": n_blocks,
+                   "iterations": params.iterations, "workers": workers, "seconds": seconds,
+                   "pair_seconds": pair, "transform_bound_seconds": bound, "ratio": min(seconds) / bound,
+                   "max_difference_vs_first": float(np.abs(out - reference[tile]).max() / reference[tile].max())}
+            if name == "cupy":
+                row["device_pool_bytes"] = int(backend.xp.get_default_memory_pool().total_bytes())
+            rows.append(row)
+            print(f"volume {tuple(shape_zyx)} {name} tile_yx={tile}: {min(seconds):.2f} s "
+                  f"(transform bound {bound:.2f} s, ratio {row['ratio']:.2f})", flush=True)
+    return rows
+
+
 # report ----------------------------------------------------------------------------------------
 def main(argv=None):
-    from merfishflow.image.deconvolution import _available_workers
+    from merfishflow.cpus import available_cpus
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -172,8 +238,15 @@ def main(argv=None):
     parser.add_argument("--iterations-per-repeat", type=int, default=2)
     parser.add_argument("--memory-shape", type=int, nargs=3, default=[100, 2048, 2048], metavar=("Z", "Y", "X"))
     parser.add_argument("--iterations", type=int, default=2, help="RL iterations of the memory run")
-    parser.add_argument("--workers", type=int, default=_available_workers(), help="scipy.fft threads")
+    parser.add_argument("--workers", type=int, default=available_cpus(), help="scipy.fft threads")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--no-iteration", action="store_true", help="skip the iteration-cost measurement")
+    parser.add_argument("--volume", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                        help="also deconvolve one volume of this shape with the stage's defaults (part 3)")
+    parser.add_argument("--xp", nargs="+", default=["numpy"], choices=["numpy", "cupy"],
+                        help="backends of part 3 (default numpy)")
+    parser.add_argument("--volume-tiles", type=int, nargs="+", default=None,
+                        help="tile_yx values of part 3 (default: the stage's, 512)")
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     parser.add_argument("--child", choices=["imports", "deconvolve"], help=argparse.SUPPRESS)
@@ -183,12 +256,18 @@ def main(argv=None):
 
     info = _common.machine_info()
     results = {"machine": info, "load_average_start": _common.load_average()}
-    results["iteration"] = time_iteration(tuple(args.block), args.repeats, args.iterations_per_repeat,
-                                          args.workers, args.seed)
+    if not args.no_iteration:
+        results["iteration"] = time_iteration(tuple(args.block), args.repeats, args.iterations_per_repeat,
+                                              args.workers, args.seed)
     if not args.no_memory:
         results["memory"] = measure_memory(tuple(args.memory_shape), args.tile, args.iterations, args.workers)
         m = results["memory"]
         print(f"memory {m['shape_zyx']}: +{m['increase_bytes'] / GB:.2f} GB in {m['wall_s']:.0f} s", flush=True)
+    if args.volume:
+        from merfishflow.stages.deconvolve import DeconvolutionParams
+
+        tiles = args.volume_tiles or [DeconvolutionParams().tile_yx]
+        results["volume"] = time_volume(tuple(args.volume), args.xp, tiles, args.workers, args.seed)
     results["load_average_end"] = _common.load_average()
     print()
     print(report(results, argv))
@@ -197,15 +276,9 @@ def main(argv=None):
     return results
 
 
-def report(r: dict, argv) -> str:
-    t = r["iteration"]
-    argv = sys.argv[1:] if argv is None else argv
-    cmd = " ".join(["python benchmarks/bench_deconvolution.py", *argv])
+def iteration_report(t: dict) -> list:
     z, y, x = t["block_zyx"]
-    lines = [
-        f"Machine: {_common.machine_line(r['machine'])}",
-        f"Command: `{cmd}`. Load average (1/5/15 min) at start {r['load_average_start']}, "
-        f"at end {r['load_average_end']} (the machine is shared; timings are noisy).",
+    return [
         "",
         f"Block: an interior core {z} x {y} x {x} of a tiled image (tile_yx={tuple(t['tile_yx'])}, default overlap), PSF "
         f"{tuple(t['psf_shape_zyx'])} (emission {EMISSION_UM} µm), padded FFT shape {tuple(t['fft_shape_zyx'])}, "
@@ -225,6 +298,18 @@ def report(r: dict, argv) -> str:
         f"of the fastest repeats {t['ratio_of_minima']:.2f}. Throughput per iteration (median): "
         f"{t['padded_mvox_s']:.1f} Mvox/s of padded block, {t['core_mvox_s']:.1f} Mvox/s of image (core) voxels.",
     ]
+
+
+def report(r: dict, argv) -> str:
+    argv = sys.argv[1:] if argv is None else argv
+    cmd = " ".join(["python benchmarks/bench_deconvolution.py", *argv])
+    lines = [
+        f"Machine: {_common.machine_line(r['machine'])}",
+        f"Command: `{cmd}`. Load average (1/5/15 min) at start {r['load_average_start']}, "
+        f"at end {r['load_average_end']} (the machine is shared; timings are noisy).",
+    ]
+    if "iteration" in r:
+        lines += iteration_report(r["iteration"])
     if "memory" in r:
         m = r["memory"]
         z, y, x = m["shape_zyx"]
@@ -242,6 +327,16 @@ def report(r: dict, argv) -> str:
             f"Increase {m['increase_bytes'] / GB:.2f} GB (target <= 6 GB: "
             f"{'met' if m['increase_bytes'] <= 6 * GB else 'NOT met'}).",
         ]
+    if "volume" in r:
+        lines += ["", "One volume, the deconvolve stage's defaults, host transfers included (fastest of the repeats):", "",
+                  "| backend | tile_yx | block (FFT shape) | blocks | seconds | transform pair ms | "
+                  "transform bound s | **ratio** | max difference vs first backend |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for v in r["volume"]:
+            lines.append(f"| {v['backend']} | {v['tile_yx']} | {tuple(v['fft_shape_zyx'])} | {v['blocks']} | "
+                         f"{min(v['seconds']):.2f} | {v['pair_seconds'] * 1e3:.2f} | "
+                         f"{v['transform_bound_seconds']:.2f} | **{v['ratio']:.2f}** | "
+                         f"{v['max_difference_vs_first']:.1e} |")
     return "\n".join(lines)
 
 

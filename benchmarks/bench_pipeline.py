@@ -4,7 +4,7 @@ For each case this script
 
 1. simulates an experiment of one tile (8 rounds x 2 readouts = 16 bits, a polyDT fiducial, uint16
    camera counts) with merfishflow's simulator (``snakemake --until simulate``; not timed as pipeline);
-2. runs the whole workflow, every default rule from raw_data to the counts (``snakemake --cores 2``,
+2. runs the whole workflow, every default rule from raw_data to the counts (``snakemake --cores 2``, or ``--cores``;
    no exports), and reads every job's Snakemake ``benchmark:`` TSV (``logs/benchmarks/<stage>/``):
    seconds, CPU seconds and peak RSS per stage; F1 from the pipeline's own ``evaluation.json``;
 3. right after, runs starfish 0.4.0's MERFISH recipe in a child process (peak RSS from
@@ -17,7 +17,7 @@ For each case this script
    ``min_area`` 2); its spots are scored against the same truth with
    :func:`merfishflow.evaluation.spots.score_spots`;
 4. measures a machine limit in the same run: the seconds of one transform pair (forward + inverse,
-   scipy, 2 workers: real FFTs, or a DCT in z and real FFTs in y/x for the mirror z boundary) on the
+   scipy, ``--cores`` workers: real FFTs, or a DCT in z and real FFTs in y/x for the mirror z boundary) on the
    deconvolution's block shape, and from it the time the deconvolution stage's transforms alone need
    (volumes x blocks x iterations x 2 pairs).
 
@@ -30,8 +30,10 @@ Usage
     python benchmarks/bench_pipeline.py --quick            # 9 x 256^2, ~3 min
     python benchmarks/bench_pipeline.py --case 1024        # 9 x 1024^2, ~15 min
     python benchmarks/bench_pipeline.py --case 512 --iterations 10 --json out.json
+    python benchmarks/bench_pipeline.py --case 1024 --decon '{"device": "gpu"}'   # deconvolution on cupy
 
-``--keep DIR`` keeps (and reuses, if the simulation parameters match) the simulated experiment.
+``--keep DIR`` keeps (and reuses, if the simulation parameters match) the simulated experiment;
+``--simulate-only`` stops after simulating it (to prepare it once, on more cores, for several runs).
 """
 
 from __future__ import annotations
@@ -79,9 +81,9 @@ def write_config(path: Path, experiment: Path, shape, deconvolution: dict, simul
     return path
 
 
-def snakemake(work: Path, config: Path, *args) -> float:
+def snakemake(work: Path, config: Path, *args, cores: int = 2) -> float:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(_common.REPO / "Snakefile"), "--directory", str(work),
-           "--configfile", str(config), "--cores", "2", "--quiet", "all", *args]
+           "--configfile", str(config), "--cores", str(cores), "--quiet", "all", *args]
     start = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True, env=_common.snakemake_env(), cwd=work)
     seconds = time.perf_counter() - start
@@ -111,17 +113,23 @@ def stage_table(experiment: Path) -> dict:
     return stages
 
 
-def run_merfishflow(base: Path, shape, deconvolution: dict, simulation: dict) -> dict:
+def simulate(base: Path, shape, deconvolution: dict, simulation: dict, cores: int = 2):
+    """``(experiment, config, work)`` under ``base``; simulates the experiment unless its truth is already there."""
     experiment = base / "experiment"
     config = write_config(base / "config.yaml", experiment, shape, deconvolution, simulation)
     work = base / "work"
     work.mkdir(exist_ok=True)
     if not (experiment / "ground_truth" / "spots.parquet").exists():
-        snakemake(work, config, "--until", "simulate")
+        snakemake(work, config, "--until", "simulate", cores=cores)
+    return experiment, config, work
+
+
+def run_merfishflow(base: Path, shape, deconvolution: dict, simulation: dict, cores: int = 2) -> dict:
+    experiment, config, work = simulate(base, shape, deconvolution, simulation, cores)
     shutil.rmtree(experiment / "qi2labdatastore", ignore_errors=True)
     shutil.rmtree(experiment / "logs", ignore_errors=True)
     load_before = _common.load_average()
-    wall = snakemake(work, config)
+    wall = snakemake(work, config, cores=cores)
     stages = stage_table(experiment)
     stages.pop("simulate", None)
     evaluation = json.loads((experiment / "qi2labdatastore" / "decoded" / "evaluation.json").read_text())
@@ -236,8 +244,8 @@ def run_starfish(base: Path, experiment: Path) -> dict:
 
 
 # machine limit ----------------------------------------------------------------------------------
-def fft_limit(experiment: Path, deconvolution: dict, repeats: int = 5) -> dict:
-    """Seconds of one forward + inverse block transform pair (scipy, 2 workers) on the deconvolution's block, as
+def fft_limit(experiment: Path, deconvolution: dict, repeats: int = 5, workers: int = 2) -> dict:
+    """Seconds of one forward + inverse block transform pair (scipy, ``workers`` threads) on the deconvolution's block, as
     richardson_lucy runs it (rfftn, or DCT in z + rfftn in y/x for the mirror z boundary); the transform-only time
     of the deconvolution stage (volumes x blocks x iterations x 2 pairs)."""
     from merfishflow.image import deconvolution as dc  # the block geometry and transforms richardson_lucy uses
@@ -254,7 +262,7 @@ def fft_limit(experiment: Path, deconvolution: dict, repeats: int = 5) -> dict:
     z_boundary = dc._resolve_z_boundary(params["z_boundary"], psfs[0])
     mirror_z = z_boundary == "mirror"
     _, yblocks, xblocks, fft_shape = dc._plan(shape, psfs.shape[1:], params["tile_yx"], params["overlap_yx"], mirror_z)
-    backend = dc._NumpyBackend(2, mirror_z)
+    backend = dc._NumpyBackend(workers, mirror_z)
     block = np.random.default_rng(0).random(fft_shape, dtype=np.float32)
     backend.inverse(backend.forward(block), fft_shape)   # warm-up: plans, first touch
     seconds = []
@@ -265,7 +273,7 @@ def fft_limit(experiment: Path, deconvolution: dict, repeats: int = 5) -> dict:
     pair = min(seconds)
     volumes = len(calibration["exp_order"]["rounds"]) * (1 + len(calibration["exp_order"]["columns"]))
     blocks = len(yblocks) * len(xblocks)
-    return {"fft_shape": list(fft_shape), "z_boundary": z_boundary, "pair_seconds": pair,
+    return {"fft_shape": list(fft_shape), "z_boundary": z_boundary, "pair_seconds": pair, "workers": workers,
             "blocks_per_volume": blocks, "volumes": volumes,
             "gflops": 2 * 2.5 * np.prod(fft_shape) * np.log2(np.prod(fft_shape)) / pair / 1e9,
             "decon_fft_seconds_per_iteration": volumes * blocks * 2 * pair}
@@ -305,7 +313,7 @@ def report(case: str, shape, mf: dict, sf: dict, fft: dict, iterations: int) -> 
               f"| cells: mean IoU against the simulated masks | {mf['cells_mean_iou']:.3f} | - | |",
               "", f"machine limit: one forward+inverse transform pair (z boundary {fft['z_boundary']}) on the "
               f"{fft['fft_shape']} block takes "
-              f"{fft['pair_seconds'] * 1e3:.0f} ms ({fft['gflops']:.1f} GFLOP/s, 2 workers); the deconvolution's "
+              f"{fft['pair_seconds'] * 1e3:.0f} ms ({fft['gflops']:.1f} GFLOP/s, {fft['workers']} workers); the deconvolution's "
               f"FFTs alone ({fft['volumes']} volumes x {fft['blocks_per_volume']} blocks x {iterations} iterations x "
               f"2 pairs) need {fft_bound:.1f} s on the whole machine: merfishflow wall / FFT bound = "
               f"**{mf['wall_seconds'] / fft_bound:.2f}**; summed deconvolution job seconds / FFT bound = "
@@ -321,7 +329,9 @@ def main(argv=None):
     parser.add_argument("--decon", default="{}", help="more deconvolution config keys as JSON")
     parser.add_argument("--simulation", default="{}", help='more simulation parameters as JSON (another PSF: {"numerical_aperture": 1.0})')
     parser.add_argument("--no-starfish", action="store_true")
+    parser.add_argument("--cores", type=int, default=2, help="snakemake --cores and the FFT limit's workers (default 2)")
     parser.add_argument("--keep", type=Path, help="folder to keep (and reuse) the simulated experiment in")
+    parser.add_argument("--simulate-only", action="store_true", help="only simulate the experiment (with --keep)")
     parser.add_argument("--json", type=Path, help="write every number here")
     parser.add_argument("--starfish-child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -340,8 +350,13 @@ def main(argv=None):
     base.mkdir(parents=True, exist_ok=True)
     info = _common.machine_info()
     print(_common.machine_line(info), flush=True)
+    if args.simulate_only:
+        if args.keep is None:
+            parser.error("--simulate-only needs --keep DIR (the simulated experiment would be deleted)")
+        simulate(base, shape, deconvolution, json.loads(args.simulation), args.cores)
+        return
     try:
-        mf = run_merfishflow(base, shape, deconvolution, json.loads(args.simulation))
+        mf = run_merfishflow(base, shape, deconvolution, json.loads(args.simulation), args.cores)
         print(f"merfishflow: {mf['wall_seconds']:.1f} s, F1 {mf['f1']:.3f}", flush=True)
         experiment = Path(mf["experiment"])
         if args.no_starfish:
@@ -350,7 +365,7 @@ def main(argv=None):
         else:
             sf = run_starfish(base, experiment)
             print(f"starfish: {sf['wall_seconds']:.1f} s, F1 {sf['f1']:.3f}", flush=True)
-        fft = fft_limit(experiment, deconvolution)
+        fft = fft_limit(experiment, deconvolution, workers=args.cores)
         print(report(case, image_shape(experiment), mf, sf, fft, iterations))
         if args.json:
             args.json.write_text(json.dumps({"case": case, "machine": info, "deconvolution": deconvolution,
