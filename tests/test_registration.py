@@ -230,6 +230,28 @@ def test_apply_transform_slabs_do_not_change_the_result():
         assert whole.tobytes() == slabs.tobytes()
 
 
+@pytest.mark.parametrize("shape, factors, dtype", [
+    ((7, 30, 33), (1, 3, 3), np.float32),     # partial last blocks in y and x
+    ((1, 25, 19), (1, 3, 3), np.uint16),      # one plane: one coarse z sample; integer input
+    ((9, 12, 40), (3, 12, 5), np.float64),    # one coarse y sample
+])
+def test_apply_transform_default_equals_map_coordinates(shape, factors, dtype):
+    # The default resampling (compiled, field interpolated on the fly) against scipy.ndimage.map_coordinates
+    # on the coordinates written out, with shifts and fields that reach far beyond the edges.
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(3)
+    image = (rng.random(shape) * 1000).astype(dtype)
+    coarse = tuple(-(-n // f) for n, f in zip(shape, factors))
+    field = rng.normal(scale=4.0, size=(3, *coarse)).astype(np.float32)
+    for shift, f in (([0.3, -2.7, 5.2], field), ([-1.6, 30.0, -0.5], None), ([0.0, 0.0, 0.0], field)):
+        out = apply_transform(image, shift, f, downsample=factors)
+        coords = total_displacement(shift, f, shape, factors) + np.indices(shape, dtype=np.float32)
+        expected = ndi.map_coordinates(image.astype(np.float64), coords, order=1, mode="nearest")
+        assert out.dtype == np.float32 and out.shape == shape
+        np.testing.assert_allclose(out, expected, rtol=2e-5, atol=2e-3)
+
+
 def test_upsample_field_puts_samples_at_block_centres():
     full_shape, factors = (7, 17, 20), (3, 3, 3)  # not multiples of 3: partial last blocks
     coarse = tuple(-(-n // f) for n, f in zip(full_shape, factors))

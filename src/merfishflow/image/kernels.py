@@ -1,5 +1,5 @@
-"""Compiled (numba) kernels of pixel decoding: the spot enhancement's per-plane filters and the pixel
-traces' magnitudes.
+"""Compiled (numba) kernels: pixel decoding's per-plane filters and pixel traces' magnitudes, and
+registration's linear resampling (:func:`warp_linear`).
 
 The difference of Gaussians of :func:`merfishflow.spots.decoding.enhance_bits` is,
 per z plane, ``max(0, L - B)`` with ``L`` the plane low-passed in y and x
@@ -27,6 +27,12 @@ linear interpolation back to the pixels, about ``(f^2 - 1) / 6``) have the
 requested variance, and interpolated linearly back: ~1/f^2 of the exact
 Gaussian's work (:func:`block_sigma`). A partial last block is averaged over
 the pixels it has.
+
+:func:`warp_linear` resamples a volume at ``p + shift + field(p)`` with the
+coarse field interpolated on the fly, one output row at a time:
+``scipy.ndimage.map_coordinates`` needs the three coordinate arrays written
+out first (12 bytes per voxel, plus the field's upsampling) and was 20 of the
+41 s of a 9 x 1024² tile's local registration (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from scipy import ndimage as ndi
 
 from .binning import linear_weights
 
-__all__ = ["PlaneDoG", "block_sigma", "gaussian_weights", "trace_magnitudes"]
+__all__ = ["PlaneDoG", "block_sigma", "gaussian_weights", "trace_magnitudes", "warp_linear"]
 
 _kernel = numba.njit(cache=True, nogil=True)
 
@@ -315,3 +321,60 @@ def _trace_magnitudes(flat, step_b, step_z, step_y, background, inv_scale2, out,
                     o[j] += w * (v * v)
             for j in range(X):
                 o[j] = np.sqrt(o[j])
+
+
+# registration: linear resampling -----------------------------------------------------------------
+@numba.njit(cache=True, nogil=True, inline="always")
+def _corner(c, n):
+    """Lower sample index and weight of the upper one for coordinate ``c`` on ``n`` samples, edges
+    repeated beyond the outer samples (map_coordinates' ``mode="nearest"``)."""
+    c = min(max(c, 0.0), n - 1.0)
+    i = min(int(c), n - 1)
+    return i, min(i + 1, n - 1), c - i
+
+
+@_kernel
+def warp_linear(image, out, z_start, shift, field, iz0, wz, iy0, wy, ix0, wx):
+    """``out[k, y, x]`` = ``image`` at ``(z_start + k, y, x) + shift + field(z_start + k, y, x)``, trilinear,
+    edges repeated: ``scipy.ndimage.map_coordinates(image, coords, order=1, mode="nearest")`` up to rounding.
+
+    ``field`` (3, cz, cy, cx) is the coarse displacement (an empty array: none), interpolated to each
+    voxel with the per-axis indices ``i*0`` and upper-sample weights ``w*`` of
+    :func:`merfishflow.image.binning.linear_weights` (z, then y, then x; cf.
+    :func:`merfishflow.image.registration.upsample_field`). Arithmetic in float64; ``out`` float32.
+    """
+    nz, ny, nx = image.shape
+    has_field = field.shape[0] == 3
+    ncz, ncy, ncx = field.shape[1], field.shape[2], field.shape[3]
+    row = np.zeros((3, max(ncx, 1)), np.float64)
+    for k in range(out.shape[0]):
+        z = z_start + k
+        for y in range(out.shape[1]):
+            if has_field:
+                a0, b0 = iz0[z], iy0[y]
+                a1, b1 = min(a0 + 1, ncz - 1), min(b0 + 1, ncy - 1)
+                fz, fy = np.float64(wz[z]), np.float64(wy[y])
+                for c in range(3):
+                    for i in range(ncx):
+                        v00, v01 = np.float64(field[c, a0, b0, i]), np.float64(field[c, a0, b1, i])
+                        v10, v11 = np.float64(field[c, a1, b0, i]), np.float64(field[c, a1, b1, i])
+                        t0 = v00 + fz * (v10 - v00)
+                        t1 = v01 + fz * (v11 - v01)
+                        row[c, i] = t0 + fy * (t1 - t0)
+            for x in range(out.shape[2]):
+                dz, dy, dx = shift[0], shift[1], shift[2]
+                if has_field:
+                    i0 = ix0[x]
+                    i1 = min(i0 + 1, ncx - 1)
+                    fx = np.float64(wx[x])
+                    dz += row[0, i0] + fx * (row[0, i1] - row[0, i0])
+                    dy += row[1, i0] + fx * (row[1, i1] - row[1, i0])
+                    dx += row[2, i0] + fx * (row[2, i1] - row[2, i0])
+                z0, z1, tz = _corner(z + dz, nz)
+                y0, y1, ty = _corner(y + dy, ny)
+                x0, x1, tx = _corner(x + dx, nx)
+                value = ((1.0 - tz) * ((1.0 - ty) * ((1.0 - tx) * image[z0, y0, x0] + tx * image[z0, y0, x1])
+                                       + ty * ((1.0 - tx) * image[z0, y1, x0] + tx * image[z0, y1, x1]))
+                         + tz * ((1.0 - ty) * ((1.0 - tx) * image[z1, y0, x0] + tx * image[z1, y0, x1])
+                                 + ty * ((1.0 - tx) * image[z1, y1, x0] + tx * image[z1, y1, x1])))
+                out[k, y, x] = value

@@ -483,7 +483,9 @@ def apply_transform(image, shift_zyx_px, field=None, *, downsample=DEFAULT_DOWNS
 
     ``out[p] = image[p + shift_zyx_px + upsample_field(field)[:, p]]`` for
     every voxel ``p`` of the reference grid (the field term is omitted when
-    ``field`` is None), interpolated with ``scipy.ndimage.map_coordinates``.
+    ``field`` is None), interpolated as ``scipy.ndimage.map_coordinates`` does
+    (the default, linear with edges repeated, by a compiled kernel that
+    interpolates the field on the fly: :func:`merfishflow.image.kernels.warp_linear`).
 
     Parameters
     ----------
@@ -522,6 +524,8 @@ def apply_transform(image, shift_zyx_px, field=None, *, downsample=DEFAULT_DOWNS
     if field is not None:
         field = _check_field(field, image.shape, factors)
     nz, ny, nx = image.shape
+    if order == 1 and mode == "nearest":
+        return _warp_linear(image, shift, field, factors)
     if order > 1:
         coeffs = ndi.spline_filter(image, order=order, mode=mode, output=np.float32)
     else:
@@ -542,6 +546,23 @@ def apply_transform(image, shift_zyx_px, field=None, *, downsample=DEFAULT_DOWNS
         coords[2] += gx + shift32[2]
         ndi.map_coordinates(coeffs, coords, output=out[z0:z1], order=order, mode=mode, cval=cval,
                             prefilter=False)
+    return out
+
+
+def _warp_linear(image, shift, field, factors):
+    """apply_transform's default (order 1, edges repeated) by the compiled kernel: no coordinate arrays."""
+    from .kernels import warp_linear
+
+    out = np.empty(image.shape, dtype=np.float32)
+    if field is None:
+        weights = (np.zeros(0, np.intp), np.zeros(0, np.float32)) * 3    # (indices, weights) per axis, unused
+        field = np.zeros((0, 1, 1, 1), np.float32)
+    else:
+        weights = []
+        for n, coarse, f in zip(image.shape, field.shape[1:], factors):
+            weights += linear_weights(n, coarse, f)
+        field = np.ascontiguousarray(field, dtype=np.float32)
+    warp_linear(np.ascontiguousarray(image), out, 0, np.asarray(shift, np.float64), field, *weights)
     return out
 
 
