@@ -6,7 +6,7 @@ from merfishflow.workflow.lock import acquire as acquire_experiment_lock, releas
 from merfishflow.workflow.provenance import record_run
 from merfishflow.workflow.status import restore_datastore_json, withdraw_datastore_json
 from merfishflow.workflow.pipeline import WILDCARD_CONSTRAINTS, Pipeline, export_conda_source
-from merfishflow.workflow.resources import REGISTER_THREADS
+from merfishflow.workflow.resources import ROUND_THREADS
 
 # envs/merfishflow.yaml installs the package from here (`--sdm conda`).
 export_conda_source(workflow.basedir)

@@ -3,7 +3,7 @@
 rule register_local:
     """Register every round of one tile onto its round 0 (rigid shift + optical flow): registered_decon_data."""
     input:
-        decon=PIPELINE.all_decon_markers(),
+        decon=PIPELINE.decon_markers(),
     output:
         PIPELINE.register_local_markers(),
     params:
@@ -12,7 +12,7 @@ rule register_local:
         PIPELINE.log("register_local", "{tile}"),
     benchmark:
         PIPELINE.benchmark("register_local", "{tile}"),
-    threads: REGISTER_THREADS
+    threads: ROUND_THREADS
     group:
         "tile"
     resources:

@@ -148,12 +148,12 @@ ROWS = {
                         ["{exp}/raw_data/tile0001/round0002.tif: raw TIFF not found"]),
     "tiff-float32": Row("fresh", rewrite_tiff("raw_data/tile0001/round0002.tif", lambda d: d.astype(np.float32)),
                         ["{exp}/raw_data/tile0001/round0002.tif: dtype float32; expected uint16 camera counts"],
-                        targets=(INGEST_T1R2,), log="logs/ingest/tile0001_round0002.log",
+                        targets=(INGEST_T1R2,), log="logs/ingest/tile0001.log",
                         not_complete=("qi2labdatastore/polyDT/tile0001/round0002.zarr",
                                       "qi2labdatastore/readouts/tile0001/bit005.zarr")),
     "tiff-not-a-tiff": Row("fresh", write_bytes("raw_data/tile0001/round0002.tif", b"not a tiff at all" * 10),
                            ["{exp}/raw_data/tile0001/round0002.tif: cannot be read as a TIFF"],
-                           targets=(INGEST_T1R2,), log="logs/ingest/tile0001_round0002.log",
+                           targets=(INGEST_T1R2,), log="logs/ingest/tile0001.log",
                            not_complete=("qi2labdatastore/polyDT/tile0001/round0002.zarr",)),
     "dark-frame-shape": Row("fresh", rewrite_tiff("raw_data/camera_dark_frame.tif", lambda d: d[:40]),
                             ["{exp}/raw_data/camera_dark_frame.tif: shape (40, 48); camera.dark_frame must be one "
@@ -172,11 +172,11 @@ ROWS = {
                                ["{exp}/raw_data/stage_positions.csv: line 3: tile -1 is negative"]),
     "tiff-zero-bytes": Row("fresh", write_bytes("raw_data/tile0001/round0002.tif", b""),
                            ["{exp}/raw_data/tile0001/round0002.tif: empty file (0 bytes)"],
-                           targets=(INGEST_T1R2,), log="logs/ingest/tile0001_round0002.log",
+                           targets=(INGEST_T1R2,), log="logs/ingest/tile0001.log",
                            not_complete=("qi2labdatastore/polyDT/tile0001/round0002.zarr",)),
     "tiff-truncated": Row("fresh", lambda e: os.truncate(e / "raw_data/tile0001/round0002.tif", 20000),
                           ["{exp}/raw_data/tile0001/round0002.tif: truncated or damaged: 20000 bytes"],
-                          targets=(INGEST_T1R2,), log="logs/ingest/tile0001_round0002.log",
+                          targets=(INGEST_T1R2,), log="logs/ingest/tile0001.log",
                           not_complete=("qi2labdatastore/polyDT/tile0001/round0002.zarr",)),
     "dark-frame-nan": Row("fresh", rewrite_tiff("raw_data/camera_dark_frame.tif",
                                                 lambda d: np.where(np.arange(d.size).reshape(d.shape) == 7, np.nan,
@@ -362,4 +362,4 @@ def test_marker_without_complete_is_shown_by_status_and_fixed_by_deleting_it(dem
     assert "  register_local   incomplete 1/2  missing: tile0000" in status.stdout
     marker.unlink()
     jobs = planned_jobs(workdir, config)
-    assert jobs.get("register_local") == 1 and "ingest_round0000" not in jobs
+    assert jobs.get("register_local") == 1 and "ingest" not in jobs

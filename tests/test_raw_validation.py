@@ -69,7 +69,7 @@ def test_a_byte_order_mark_in_every_file_is_accepted_by_validate_and_by_the_run(
     assert load_experiment(experiment) == load_experiment(pristine)
     workdir = experiment.parent
     config = write_config(workdir / "config.yaml", "experiment", simulated=False)
-    assert planned_jobs(workdir, config)["ingest_round0000"] == 2
+    assert planned_jobs(workdir, config)["ingest"] == 2
     # The init job reads the same files again: it accepts them too.
     run_snakemake(workdir, config, "experiment/qi2labdatastore/calibrations.zarr/.zattrs")
     assert datastore.is_complete(experiment / "qi2labdatastore" / "calibrations.zarr")

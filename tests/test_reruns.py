@@ -23,7 +23,7 @@ def test_experiment_yaml_reruns_on_values_not_bytes(demo_copy):
     value, _, tail = rest.partition("\n")
     yaml_path.write_text(f"{key}e_per_adu: {float(value) * 1.5}\n{tail}")
     jobs = planned_jobs(workdir, config)
-    assert jobs["init"] == 1 and jobs["decode"] == 2 and jobs["ingest_round0000"] == 2
+    assert jobs["init"] == 1 and jobs["decode"] == 2 and jobs["ingest"] == 2
 
 
 @pytest.mark.parametrize("decoding", [

@@ -64,10 +64,10 @@ def test_changing_a_correction_parameter_reruns_only_correction(demo_copy):
     workdir, config, _ = demo_copy
     write_config(config, "experiment", correction={"hot_pixel_sigma": 12.0})
     jobs = planned_jobs(workdir, config)
-    per_round = {f"{stage}_round{r:04d}" for stage in ("ingest", "deconvolve") for r in range(N_ROUNDS)}
-    assert set(jobs) == per_round | {"register_local", "register_global", "decode", "filter_spots", "evaluate",
-                                     "segment", "assign", "qc_report", "datastore", "all"}
-    assert all(jobs[name] == N_TILES for name in per_round | {"register_local", "decode", "segment"})
+    per_tile = {"ingest", "deconvolve", "register_local", "decode", "segment"}
+    assert set(jobs) == per_tile | {"register_global", "filter_spots", "evaluate", "assign", "qc_report",
+                                    "datastore", "all"}
+    assert all(jobs[name] == N_TILES for name in per_tile)
 
 
 def test_two_runs_from_scratch_are_byte_identical(demo_run, tmp_path):
@@ -106,7 +106,7 @@ def test_crash_mid_write_leaves_nothing_complete_and_rerun_is_identical(demo_run
     assert states["ingest"]["incomplete"] == ["tile0001"]
 
     jobs = planned_jobs(workdir, config)
-    assert jobs == {"ingest_round0002": 1, "deconvolve_round0002": 1, "register_local": 1, "register_global": 1,
+    assert jobs == {"ingest": 1, "deconvolve": 1, "register_local": 1, "register_global": 1,
                     "decode": 2, "filter_spots": 1, "evaluate": 1, "segment": 2, "assign": 1, "qc_report": 1,
                     "datastore": 1, "all": 1}
     run_snakemake(workdir, config)
@@ -132,10 +132,9 @@ def test_adding_a_tile_runs_only_the_new_tiles_jobs(tmp_path):
     stage_csv.write_text(full)
     result = run_snakemake(tmp_path, config, "-n")
     jobs = planned_jobs(tmp_path, config)
-    per_round = {f"{stage}_round{r:04d}": 1 for stage in ("ingest", "deconvolve") for r in range(N_ROUNDS)}
     # Global registration is experiment-wide: a new tile changes every tile's refined position.
     # Decoding and segmentation use the tiles' global placement, so both tiles are redone.
-    assert jobs == {**per_round, "register_local": 1, "register_global": 1, "decode": 2, "filter_spots": 1,
+    assert jobs == {"ingest": 1, "deconvolve": 1, "register_local": 1, "register_global": 1, "decode": 2, "filter_spots": 1,
                     "segment": 2, "assign": 1, "qc_report": 1, "datastore": 1, "all": 1}
     assert "tile=tile0001" in result.stdout
     run_snakemake(tmp_path, config)
@@ -175,15 +174,16 @@ def test_wrong_tiff_shape_fails_the_job_clearly(tmp_path):
     config = write_config(tmp_path / "config.yaml", "experiment", simulated=False)
     result = run_snakemake(tmp_path, config, "--keep-going", check=False)
     assert result.returncode != 0
-    log = (experiment_dir / "logs" / "ingest" / "tile0001_round0003.log").read_text()
+    log = (experiment_dir / "logs" / "ingest" / "tile0001.log").read_text()
     assert "experiment/raw_data/tile0001/round0003.tif: 15 pages" in log and "expected 3 channels x 6 z-planes = 18 pages" in log
     assert "Traceback" not in log
     paths = ExperimentPaths(experiment_dir)
     assert not datastore.is_complete(paths.fiducial_group("tile0001", "round0003"))
     assert not paths.datastore_json.exists()
-    # Everything else finished (--keep-going) and stays complete.
-    assert datastore.is_complete(paths.fiducial_group("tile0001", "round0002"))
+    # The other tile finished (--keep-going) and stays complete; the failed tile's ingest job is one job, so
+    # none of its rounds is marked complete.
     assert datastore.is_complete(paths.fiducial_group("tile0000", "round0003"))
+    assert not datastore.is_complete(paths.fiducial_group("tile0001", "round0002"))
 
 
 def test_corrected_data_matches_the_camera_model(demo_run):

@@ -1,6 +1,7 @@
-"""The deconvolve stage: ``corrected_data`` into ``decon_data`` for one tile and round.
+"""The deconvolve stage: ``corrected_data`` into ``decon_data`` for one tile and round; the rule's job does
+every round of a tile (:func:`run_deconvolve_tile`).
 
-One job deconvolves the round's fiducial and the readout bits imaged in that
+:func:`run_deconvolve` deconvolves the round's fiducial and the readout bits imaged in that
 round, each with its channel's PSF from ``calibrations.zarr/psf_data``, by
 :func:`merfishflow.image.deconvolution.richardson_lucy`. ``decon_data`` is uint16
 photoelectrons (Richardson-Lucy keeps the flux), rounded and saturating at
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+from ..cpus import blas_threads, map_in_threads
 from ..io import datastore
 from ..image.correction import to_uint16
 from ..image.deconvolution import check_psf_matches, richardson_lucy
@@ -90,3 +92,24 @@ def run_deconvolve(experiment_dir, tile, round_, params=DeconvolutionParams(), p
         written.append(datastore.write_marked_array(group / DECON_DATA, data, attrs, threads=threads).parent)
         progress(f"{tile} {round_} {name}: {info.max_iterations} iterations, {saturated} saturated voxels")
     return written
+
+
+def run_deconvolve_tile(experiment_dir, tile, params=DeconvolutionParams(), progress=print, threads=1):
+    """:func:`run_deconvolve` for every round of one tile, ``threads`` rounds at a time (one thread each: the
+    same bytes as one round after another).
+
+    Returns
+    -------
+    list of Path
+        The ``decon_data`` arrays written, round by round.
+    """
+    paths = ExperimentPaths(experiment_dir)
+    rounds = Experiment.from_calibration(datastore.read_marker(paths.calibrations)).rounds
+
+    def deconvolve(round_):
+        return run_deconvolve(experiment_dir, tile, round_, params, progress=progress, threads=1)
+
+    # BLAS's thread limit is process-wide: set once here, so that one round's end cannot lift another's.
+    with blas_threads(1):
+        return [array for arrays in map_in_threads(deconvolve, rounds, threads) for array in arrays]
+

@@ -1,4 +1,5 @@
-"""The ingest + correct stage: one raw TIFF (tile x round) into the datastore.
+"""The ingest + correct stage: one raw TIFF (tile x round) into the datastore; the rule's job does every
+round of a tile (:func:`run_ingest_tile`).
 
 The TIFF's fiducial channel goes to ``polyDT/<tile>/<round>.zarr`` and each
 readout channel to ``readouts/<tile>/<bit>.zarr`` (the bit exp_order.csv
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..cpus import map_in_threads
 from ..io import datastore
 from ..image.correction import correct_counts, find_hot_pixels, neighbour_index, to_uint16
 from ..errors import InputError
@@ -143,3 +145,23 @@ def run_ingest(experiment_dir, tile, round_, stage_zyx_um, params=CorrectionPara
         attrs["n_saturated_voxels"] = saturated[group]
         datastore.write_marker(group, attrs)
     return [group for group, _, _ in targets]
+
+
+def run_ingest_tile(experiment_dir, tile, stage_zyx_um, params=CorrectionParams(), progress=print, slab_planes=8,
+                    threads=1):
+    """:func:`run_ingest` for every round of one tile, ``threads`` rounds at a time (one thread each).
+
+    Returns
+    -------
+    list of Path
+        The groups written, round by round (each round's fiducial first).
+    """
+    paths = ExperimentPaths(experiment_dir)
+    rounds = Experiment.from_calibration(datastore.read_marker(paths.calibrations)).rounds
+
+    def ingest(round_):
+        return run_ingest(experiment_dir, tile, round_, stage_zyx_um, params, progress=progress,
+                          slab_planes=slab_planes, threads=1)
+
+    return [group for groups in map_in_threads(ingest, rounds, threads) for group in groups]
+

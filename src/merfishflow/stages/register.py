@@ -16,11 +16,11 @@ subgroup ``polyDT/<tile>/round0000.zarr/global_registration`` (docs/datastore.md
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..cpus import map_in_threads
 from ..io import datastore
 from ..image.correction import to_uint16
 from ..io.metadata import Experiment, round_targets
@@ -96,8 +96,7 @@ def run_register_local(experiment_dir, tile, params=RegistrationParams(), progre
         return round_, _register_local_round(paths, experiment, tile, round_, reference, reference_path, params,
                                              progress)
 
-    with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
-        return dict(pool.map(register, rounds))
+    return dict(map_in_threads(register, rounds, threads))
 
 
 def _register_local_round(paths, experiment, tile, round_, reference, reference_path, params, progress):

@@ -131,8 +131,9 @@ class Pipeline:
         out["tiffs"] = [str(self.paths.raw_tiff(t, r)) for t in self.experiment.tiles for r in self.experiment.rounds]
         return out
 
-    def raw_tiff(self, round_: str, tile: str = TILE_WILDCARD) -> str:
-        return str(self.paths.raw_tiff(tile, round_))
+    def raw_tiffs(self, tile: str = TILE_WILDCARD) -> list[str]:
+        """The tile's raw TIFF of every round, in round order."""
+        return [str(self.paths.raw_tiff(tile, r)) for r in self.experiment.rounds]
 
     # datastore ---------------------------------------------------------------------------------
     @property
@@ -143,19 +144,18 @@ class Pipeline:
     def datastore_json(self) -> str:
         return str(self.paths.datastore_json)
 
-    def ingest_markers(self, round_: str, tile: str = TILE_WILDCARD) -> list[str]:
-        """Markers one ingest job writes: the round's fiducial group, then its readout bits."""
-        return [str(marker(g)) for g in self._round_groups(tile, round_)]
+    def _tile_groups(self, tile: str):
+        """Every round's fiducial group, then its readout bits, round by round."""
+        return [group for r in self.experiment.rounds
+                for group, _, _ in round_targets(self.paths, self.experiment, tile, r)]
 
-    def _round_groups(self, tile: str, round_: str):
-        return [group for group, _, _ in round_targets(self.paths, self.experiment, tile, round_)]
+    def ingest_markers(self, tile: str = TILE_WILDCARD) -> list[str]:
+        """Markers a tile's ingest job writes: each round's fiducial group, then its readout bits."""
+        return [str(marker(g)) for g in self._tile_groups(tile)]
 
-    def decon_markers(self, round_: str, tile: str = TILE_WILDCARD) -> list[str]:
-        """Markers one deconvolution job writes: the round's fiducial, then its readout bits."""
-        return [str(marker(g / DECON_DATA)) for g in self._round_groups(tile, round_)]
-
-    def all_decon_markers(self, tile: str = TILE_WILDCARD) -> list[str]:
-        return [m for r in self.experiment.rounds for m in self.decon_markers(r, tile)]
+    def decon_markers(self, tile: str = TILE_WILDCARD) -> list[str]:
+        """Markers a tile's deconvolution job writes: each round's fiducial, then its readout bits."""
+        return [str(marker(g / DECON_DATA)) for g in self._tile_groups(tile)]
 
     def register_local_markers(self, tile: str = TILE_WILDCARD) -> list[str]:
         return [str(marker(a)) for a in tile_markers(self.experiment, self.paths, tile)["register_local"]]

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from ..io.metadata import Experiment
 from .config import segmentation_options
 
-# register_local's threads: rounds registered at once, each holding its own volumes (register_mem_mb).
-REGISTER_THREADS = 2
+# Threads of the per-tile jobs that work round by round (ingest, deconvolve, register_local): rounds in
+# flight at once, one thread each, each holding its own volumes (the *_mem_mb models count them).
+ROUND_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,12 @@ class JobResources:
     config: dict
 
     def ingest_mem_mb(self, attempt: int = 1) -> int:
-        """Memory of one ingest job: the interpreter plus a few slabs of one channel, doubled per retry."""
+        """Memory of one tile's ingest job: the interpreter plus, per round in flight, a few slabs of one
+        channel; doubled per retry."""
         z, y, x = self.experiment.image_shape_zyx
         slab_mb = min(self.config["ingest"]["slab_planes"], z) * y * x * 2 / 2**20
-        # Measured (benchmarks/RESULTS.md): ~60 MB of imports plus 13-17 slabs at the peak.
-        return int(math.ceil(600 + 20 * slab_mb)) * attempt
+        # Measured (benchmarks/RESULTS.md): ~60 MB of imports plus 13-17 slabs at the peak of one round.
+        return int(math.ceil(600 + ROUND_THREADS * 20 * slab_mb)) * attempt
 
     @property
     def _voxels(self) -> int:
@@ -45,7 +47,8 @@ class JobResources:
         return z * y * x
 
     def decon_mem_mb(self, attempt: int = 1) -> int:
-        """One channel at a time: uint16 in and out, the float32 estimate, and the per-block FFT buffers."""
+        """Per round in flight, one channel at a time: uint16 in and out, the float32 estimate, and the
+        per-block FFT buffers."""
         from ..image.deconvolution import richardson_lucy_peak_bytes
         from ..image.psf import psf_shape_for_stack, psf_shape_zyx
 
@@ -57,13 +60,14 @@ class JobResources:
         acceleration = None if settings.get("acceleration", "none") == "none" else settings["acceleration"]
         blocks = richardson_lucy_peak_bytes(self.experiment.image_shape_zyx, psf_shape, settings["tile_yx"],
                                             settings["overlap_yx"], acceleration=acceleration)
-        return int(math.ceil(600 + 1.2 * (blocks + 2 * self._voxels) / 2**20)) * attempt
+        return int(math.ceil(600 + ROUND_THREADS * 1.2 * (blocks + 2 * self._voxels) / 2**20)) * attempt
 
     def decon_runtime_min(self, attempt: int = 1) -> int:
-        """Channels of a round x voxels x iterations at 2 Mvoxel-iterations/s per core (benchmarks/RESULTS.md)."""
-        channels = len(self.experiment.channels)
-        work = channels * self._voxels * self.config["deconvolution"]["iterations"]
-        return int(math.ceil(5 + work / 2e6 / 60)) * attempt
+        """Volumes of a tile (rounds x channels) x voxels x iterations at 2 Mvoxel-iterations/s per core
+        (benchmarks/RESULTS.md), on the job's cores."""
+        volumes = len(self.experiment.rounds) * len(self.experiment.channels)
+        work = volumes * self._voxels * self.config["deconvolution"]["iterations"]
+        return int(math.ceil(5 + work / 2e6 / ROUND_THREADS / 60)) * attempt
 
     def decode_mem_mb(self, attempt: int = 1) -> int:
         """The whole tile of every bit in float32 if it is decoded whole, else a slab (with its z halo) a few
@@ -105,7 +109,7 @@ class JobResources:
         crop = self.config["registration"]["rigid_crop_yx"]
         crop_voxels = z * min(y, crop or y) * min(x, crop or x)
         per_round = (16 * self._voxels + 40 * crop_voxels) / 2**20
-        return int(math.ceil(800 + REGISTER_THREADS * per_round)) * attempt
+        return int(math.ceil(800 + ROUND_THREADS * per_round)) * attempt
 
     def register_runtime_min(self, attempt: int = 1) -> int:
         """All rounds and bits of a tile at 1 Mvoxel/s per volume (benchmarks/RESULTS.md)."""
@@ -113,6 +117,6 @@ class JobResources:
         return int(math.ceil(5 + volumes * self._voxels / 1e6 / 60)) * attempt
 
     def ingest_runtime_min(self, attempt: int = 1) -> int:
-        """Minutes for one ingest job: 20 MB/s worst case on a shared file system, plus start-up."""
-        raw_mb = self.experiment.raw_bytes_per_tile_round / 2**20
+        """Minutes for one tile's ingest job: 20 MB/s worst case on a shared file system, plus start-up."""
+        raw_mb = len(self.experiment.rounds) * self.experiment.raw_bytes_per_tile_round / 2**20
         return int(math.ceil(5 + raw_mb / 20 / 60)) * attempt
