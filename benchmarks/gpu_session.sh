@@ -9,6 +9,15 @@
 # step writes its log and JSON into OUT_DIR as it finishes, so a step that runs out of time costs
 # only itself. The pipeline runs are pinned to two cores (taskset), like the 2-core machine of the
 # CPU numbers: merfishflow with the GPU, merfishflow on the CPU only, and starfish, on the same data.
+#
+# The wheels were made on a machine with network access, for the GPU machine's Python 3.12 (its own
+# numpy, scipy, scikit-image, tensorstore, cupy and the rest stay; pandas 2.3.2 because pyproject.toml
+# asks for pandas < 3):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d .whl NAME==VERSION
+# for each package of snakemake's, anndata's, jsonschema's and requirements-starfish.txt's closure that
+# the machine lacks (versions from requirements/constraints.txt), `pip wheel` for the pure-Python
+# sdists, and `pip download --no-binary=:all: psfmodels==0.3.3 setuptools_scm<9` into .sdist/.
 set -u
 out=${1:?usage: benchmarks/gpu_session.sh OUT_DIR}
 mkdir -p "$out"
