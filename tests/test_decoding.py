@@ -88,7 +88,6 @@ def test_decoded_spots_reach_the_f1_target(registered_tile, decoded):
 def test_normalization_converges(decoded):
     # With the accelerated deconvolution this tile's refinement fell into a 2-cycle (max relative change
     # 0.0554 / 0.0586); a step that makes no progress is now halved, and it converges.
-    print([h["max_rel_change"] for h in decoded.history])
     assert decoded.converged
     changes = [h["max_rel_change"] for h in decoded.history if h["max_rel_change"] is not None]
     assert changes[-1] <= DecodingParams().convergence_tol < changes[0]

@@ -31,8 +31,8 @@ the pixels it has.
 :func:`warp_linear` resamples a volume at ``p + shift + field(p)`` with the
 coarse field interpolated on the fly, one output row at a time:
 ``scipy.ndimage.map_coordinates`` needs the three coordinate arrays written
-out first (12 bytes per voxel, plus the field's upsampling) and was 20 of the
-41 s of a 9 x 1024² tile's local registration (benchmarks/RESULTS.md).
+out first (12 bytes per voxel, plus the field's upsampling; timings in
+benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -726,7 +726,7 @@ def register_round(reference, moving, *, upsample_factor=20, downsample=DEFAULT_
                                    **flow_kwargs)
     ncc = [None, None, None]
     guard = field is not None and min_flow_gain is not None
-    registered = None
+    registered, accepted, rejected = None, None, None
     if metrics or guard:
         reach = np.abs(shift) + (np.abs(field).max(axis=(1, 2, 3)) if field is not None else 0.0)
         inner = _interior(reference.shape, np.ceil(reach).astype(int) + 1)
@@ -737,13 +737,12 @@ def register_round(reference, moving, *, upsample_factor=20, downsample=DEFAULT_
         if field is not None:
             flowed = apply_transform(moving, shift, field, downsample=factors)
             ncc[2] = normalized_cross_correlation(ref, flowed[inner])
-            if not guard or ncc[2] > ncc[1] + float(min_flow_gain):
+            if guard:
+                accepted = bool(ncc[2] > ncc[1] + float(min_flow_gain))
+            if accepted is not False:
                 registered = flowed
             del flowed
-    accepted, rejected = None, None
-    if guard:
-        accepted = bool(ncc[2] > ncc[1] + float(min_flow_gain))
-        if not accepted:
-            field, rejected = None, field
+    if accepted is False:
+        field, rejected = None, field
     return RoundRegistration(shift, field, factors, *ncc, flow_accepted=accepted, rejected_field=rejected,
                              registered=registered)

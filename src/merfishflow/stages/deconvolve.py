@@ -112,4 +112,3 @@ def run_deconvolve_tile(experiment_dir, tile, params=DeconvolutionParams(), prog
     # BLAS's thread limit is process-wide: set once here, so that one round's end cannot lift another's.
     with blas_threads(1):
         return [array for arrays in map_in_threads(deconvolve, rounds, threads) for array in arrays]
-

@@ -164,4 +164,3 @@ def run_ingest_tile(experiment_dir, tile, stage_zyx_um, params=CorrectionParams(
                           slab_planes=slab_planes, threads=1)
 
     return [group for groups in map_in_threads(ingest, rounds, threads) for group in groups]
-

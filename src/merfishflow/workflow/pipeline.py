@@ -14,9 +14,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io.metadata import Experiment, load_experiment, round_targets
+from ..io.metadata import Experiment, load_experiment
 from .config import segmentation_options
-from ..io.paths import DECON_DATA, REGISTERED_DATA, ExperimentPaths, marker
+from ..io.paths import REGISTERED_DATA, ExperimentPaths, marker
 from .neighbours import tiles_near
 from .resources import JobResources
 from .status import STAGES, stage_groups, target_file, tile_markers
@@ -144,18 +144,13 @@ class Pipeline:
     def datastore_json(self) -> str:
         return str(self.paths.datastore_json)
 
-    def _tile_groups(self, tile: str):
-        """Every round's fiducial group, then its readout bits, round by round."""
-        return [group for r in self.experiment.rounds
-                for group, _, _ in round_targets(self.paths, self.experiment, tile, r)]
-
     def ingest_markers(self, tile: str = TILE_WILDCARD) -> list[str]:
         """Markers a tile's ingest job writes: each round's fiducial group, then its readout bits."""
-        return [str(marker(g)) for g in self._tile_groups(tile)]
+        return [str(marker(g)) for g in tile_markers(self.experiment, self.paths, tile)["ingest"]]
 
     def decon_markers(self, tile: str = TILE_WILDCARD) -> list[str]:
         """Markers a tile's deconvolution job writes: each round's fiducial, then its readout bits."""
-        return [str(marker(g / DECON_DATA)) for g in self._tile_groups(tile)]
+        return [str(marker(a)) for a in tile_markers(self.experiment, self.paths, tile)["deconvolve"]]
 
     def register_local_markers(self, tile: str = TILE_WILDCARD) -> list[str]:
         return [str(marker(a)) for a in tile_markers(self.experiment, self.paths, tile)["register_local"]]
