@@ -4,8 +4,9 @@ every round of a tile (:func:`run_deconvolve_tile`).
 :func:`run_deconvolve` deconvolves the round's fiducial and the readout bits imaged in that
 round, each with its channel's PSF from ``calibrations.zarr/psf_data``, by
 :func:`merfishflow.image.deconvolution.richardson_lucy`. ``decon_data`` is uint16
-photoelectrons (Richardson-Lucy keeps the flux), rounded and saturating at
-65535; its own ``.zattrs`` is the job's marker.
+photoelectrons, rounded and saturating at 65535 (the matched back projector keeps the flux; the default
+Wiener–Butterworth one adds the clipped, sharpened background noise to it); its own ``.zattrs`` is the
+job's marker.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from ..io.paths import CORRECTED_DATA, DECON_DATA, PSF_DATA, ExperimentPaths
 class DeconvolutionParams:
     """Config key ``deconvolution`` (config/README.md)."""
 
-    iterations: int = 20
+    iterations: int = 3
     stop_tolerance: float | None = None
-    acceleration: str = "biggs_andrews"
+    acceleration: str = "none"
+    back_projector: str = "wiener_butterworth"
     tile_yx: int = 512
     overlap_yx: int | None = None
     z_boundary: str = "auto"
@@ -36,7 +38,8 @@ class DeconvolutionParams:
 
     def to_dict(self) -> dict:
         return {"iterations": self.iterations, "stop_tolerance": self.stop_tolerance,
-                "acceleration": self.acceleration, "tile_yx": self.tile_yx,
+                "acceleration": self.acceleration, "back_projector": self.back_projector,
+                "tile_yx": self.tile_yx,
                 "overlap_yx": self.overlap_yx, "z_boundary": self.z_boundary, "fiducial": self.fiducial,
                 "device": self.device}
 
@@ -73,6 +76,7 @@ def run_deconvolve(experiment_dir, tile, round_, params=DeconvolutionParams(), p
         estimate, info = richardson_lucy(
             corrected, psfs[channel], params.iterations, stop_tolerance=params.stop_tolerance,
             acceleration=None if params.acceleration == "none" else params.acceleration,
+            back_projector=params.back_projector,
             tile_yx=params.tile_yx, overlap_yx=params.overlap_yx, z_boundary=params.z_boundary, xp=xp,
             workers=threads, return_info=True,
             progress=lambda message, name=name: progress(f"{tile} {round_} {name}: {message}"))
