@@ -8,7 +8,9 @@ rule decode:
         PIPELINE.decoded_tile(),
     params:
         decoding=PIPELINE.decoding_params(),
-    threads: 2
+    # One thread: decoding uses ~1.2 cores on two, and on one the job runs beside the tile's segmentation
+    # (or another tile's decoding) instead of holding both cores (benchmarks/RESULTS.md).
+    threads: 1
     log:
         PIPELINE.log("decode", "{tile}"),
     benchmark:

@@ -406,6 +406,22 @@ def test_check_psf_matches():
 
 
 # determinism and backends ----------------------------------------------------------------------
+@pytest.mark.parametrize("mirror_z", [False, True])
+def test_first_iteration_skips_blurring_the_flat_start(psf, crowded, mirror_z):
+    from merfishflow.image.deconvolution import _NumpyBackend, _otf, _plan, _rl_factor
+
+    data = crowded[:, :80, :90].astype(np.float32)
+    fft_shape = _plan(data.shape, psf.shape, None, None, mirror_z)[3]
+    block = np.zeros(fft_shape, np.float32)
+    block[tuple(slice(0, n) for n in data.shape)] = data + 1
+    backend = _NumpyBackend(1, mirror_z=mirror_z)
+    otfs = _otf(psf / psf.sum(dtype=np.float64), fft_shape, backend)
+    flat = np.float32(block.mean())
+    full = _rl_factor(np.full(fft_shape, flat, np.float32), block, otfs, np.float32(1e-6), backend)
+    short = _rl_factor(np.full(fft_shape, flat, np.float32), block, otfs, np.float32(1e-6), backend, flat=flat)
+    assert np.abs(short - full).max() <= 1e-5 * np.abs(full).max()
+
+
 def test_deterministic(psf, crowded):
     a = richardson_lucy(crowded, psf, 3, tile_yx=96, stop_tolerance=1e-9)
     b = richardson_lucy(crowded, psf, 3, tile_yx=96, stop_tolerance=1e-9)

@@ -40,15 +40,18 @@ central crop or a block-averaged copy of such volumes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.fft as sfft
 from scipy import ndimage as ndi
 
 from .binning import binned_shape, block_mean, linear_weights
 from ..errors import InputError
 
 __all__ = [
+    "PhaseCorrelator",
     "RoundRegistration",
     "apply_transform",
     "normalized_cross_correlation",
@@ -147,15 +150,130 @@ def _prepare_for_correlation(image, window_alpha):
     """
     out = np.array(image, dtype=np.float32)
     out -= np.float32(np.median(out))
-    for axis, n in enumerate(out.shape):
-        shape = [1, 1, 1]
-        shape[axis] = n
-        out *= _tukey(n, window_alpha).reshape(shape)
+    window_yx = np.outer(_tukey(out.shape[1], window_alpha), _tukey(out.shape[2], window_alpha))
+    for plane, weight in zip(out, _tukey(out.shape[0], window_alpha)):   # one pass, no full-size temporary
+        plane *= window_yx * weight
     out -= np.float32(out.mean(dtype=np.float64))
-    rms = float(np.sqrt(np.mean(np.square(out, dtype=np.float64))))
+    flat = out.reshape(len(out), -1)
+    rms = math.sqrt(sum(float(np.dot(row, row)) for row in flat) / out.size)
     if rms > 0:
         out *= np.float32(1.0 / rms)
     return out
+
+
+class PhaseCorrelator:
+    """Sub-pixel rigid shifts of any number of moving images against one reference, by phase correlation.
+
+    The algorithm of ``skimage.registration.phase_cross_correlation`` (whitened
+    cross-power spectrum, integer peak, then an upsampled DFT of a 1.5-pixel
+    neighbourhood; Guizar-Sicairos et al. 2008, Opt. Lett. 33:156), with the
+    same results, computed with real FFTs and with the reference's spectrum
+    kept: registering the rounds of a tile onto round 0 then costs one forward
+    and one inverse half-size transform per round instead of two forward and
+    one inverse full complex transforms plus two unused error estimates
+    (benchmarks/RESULTS.md, "the Wiener–Butterworth back projector").
+
+    Parameters
+    ----------
+    reference : ndarray, shape (Z, Y, X)
+        Any real dtype; prepared as in :func:`rigid_shift`'s Notes.
+    upsample_factor : int, optional
+        Sub-pixel precision is ``1 / upsample_factor`` pixel.
+    window_alpha : float, optional
+        See :func:`rigid_shift`.
+    project_z : bool, optional
+        Correlate the images' sums over z (a single plane or thin stack, see
+        :func:`rigid_shift_yx`); the z shift is then 0.
+    crop_yx : int, optional
+        Correlate only the central ``crop_yx`` squared block (all z) of every
+        image (:func:`central_crop`).
+    normalization : {"phase", None}, optional
+        See :func:`rigid_shift`.
+    """
+
+    def __init__(self, reference, *, upsample_factor=20, window_alpha=0.3, project_z=False, crop_yx=None,
+                 normalization="phase"):
+        if normalization not in ("phase", None):
+            raise InputError(f"normalization must be 'phase' or None, got {normalization!r}")
+        reference = as_volume(reference, "rigid_shift: reference")
+        self.shape = reference.shape
+        self.crop = central_crop(reference.shape, crop_yx)
+        _check_not_blank(reference[self.crop], "rigid_shift: reference")
+        self.upsample_factor = int(upsample_factor)
+        self.window_alpha = window_alpha
+        self.project_z = project_z
+        self.normalization = normalization
+        self._spectrum = sfft.rfftn(self._prepare(reference[self.crop]))
+
+    def _prepare(self, image):
+        if self.project_z:
+            image = np.asarray(image, dtype=np.float32).sum(axis=0, keepdims=True)
+        return _prepare_for_correlation(image, self.window_alpha)
+
+    def shift(self, moving):
+        """``shift_zyx_px`` of ``moving`` (its content moved by it from the reference; see :func:`rigid_shift`)."""
+        moving = as_volume(moving, "rigid_shift: moving")
+        if moving.shape != self.shape:
+            raise InputError(f"rigid_shift: reference and moving images must have the same shape, got "
+                             f"{self.shape} and {moving.shape}")
+        moving = moving[self.crop]
+        _check_not_blank(moving, "rigid_shift: moving")
+        prepared = self._prepare(moving)
+        shape = prepared.shape
+        product = sfft.rfftn(prepared)
+        np.conjugate(product, out=product)
+        product *= self._spectrum                                   # F(reference) * conj(F(moving))
+        if self.normalization == "phase":
+            eps = np.float32(100 * np.finfo(np.float32).eps)
+            product /= np.maximum(np.abs(product), eps)
+        correlation = sfft.irfftn(product, s=shape)
+        peak = np.array(np.unravel_index(np.argmax(np.abs(correlation)), shape), dtype=np.float64)
+        del correlation
+        size = np.array(shape)
+        peak[peak > np.trunc(size / 2)] -= size[peak > np.trunc(size / 2)]
+        if self.upsample_factor > 1:
+            up = self.upsample_factor
+            peak = np.round(peak * up) / up
+            region = int(np.ceil(up * 1.5))
+            centre = np.trunc(region / 2.0)
+            upsampled = _upsampled_correlation(product, shape, region, up, centre - peak * up)
+            fine = np.array(np.unravel_index(np.argmax(np.abs(upsampled)), upsampled.shape), dtype=np.float64)
+            peak += (fine - centre) / up
+        peak[size == 1] = 0
+        if self.project_z:
+            peak[0] = 0
+        return -peak + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def _upsampled_correlation(half_spectrum, shape, region, upsample_factor, offsets):
+    """skimage's ``_upsampled_dft`` of the whole cross-power spectrum, from its half (:func:`scipy.fft.rfftn`).
+
+    The cross-correlation at ``(arange(region) - offsets[a]) / upsample_factor`` pixels in each axis ``a``:
+    ``sum over k of P(k) exp(2 pi i sum_a f_a(k) u_a)`` with numpy's ``fftfreq`` frequencies, as skimage
+    computes it. The columns missing from the half spectrum, ``P(kz, ky, -m) = conj(P(-kz, -ky, m))`` for
+    ``0 < m < nx / 2``, add ``conj`` of the same sum over ``m`` with the frequencies negated, where an even
+    axis' Nyquist frequency stays -1/2 (numpy's ``fftfreq`` has no +1/2).
+    """
+    n_x = shape[-1]
+    columns = np.arange(half_spectrum.shape[-1])
+    twins = (columns > 0) & (columns < n_x - n_x // 2)        # columns with a conjugate twin outside the half
+
+    def dft(data, frequencies):
+        for axis in reversed(range(len(shape))):
+            positions = (np.arange(region) - offsets[axis]) / upsample_factor
+            kernel = np.exp(2j * np.pi * positions[:, None] * frequencies[axis][None, :]).astype(np.complex64)
+            data = np.tensordot(kernel, data, axes=(1, -1))
+        return data
+
+    def nyquist_positive(n):
+        frequencies = np.fft.fftfreq(n)
+        if n % 2 == 0:
+            frequencies[n // 2] = 0.5
+        return frequencies
+
+    half = dft(half_spectrum, [np.fft.fftfreq(n) for n in shape[:-1]] + [np.fft.fftfreq(n_x)[columns]])
+    twin = dft(half_spectrum[..., twins], [nyquist_positive(n) for n in shape[:-1]] + [columns[twins] / n_x])
+    return half + np.conj(twin)
 
 
 def rigid_shift(reference, moving, *, upsample_factor=20, window_alpha=0.3, normalization="phase"):
@@ -168,16 +286,14 @@ def rigid_shift(reference, moving, *, upsample_factor=20, window_alpha=0.3, norm
     moving : ndarray, shape (Z, Y, X)
         Image of the same field in another round.
     upsample_factor : int, optional
-        Sub-pixel precision is ``1 / upsample_factor`` pixel
-        (``skimage.registration.phase_cross_correlation``).
+        Sub-pixel precision is ``1 / upsample_factor`` pixel.
     window_alpha : float, optional
         Fraction of each axis tapered by a Tukey window before the FFT (0: no
         window). The taper keeps content that enters or leaves the field of
         view from biasing the estimate toward zero.
     normalization : {"phase", None}, optional
-        Passed to ``phase_cross_correlation``. ``"phase"`` (whitened
-        spectrum) was about 5x more accurate than plain cross-correlation
-        (``None``) on simulated polyDT stacks (0.09 vs 0.44 px RMS).
+        ``"phase"`` (whitened spectrum) was about 5x more accurate than plain
+        cross-correlation (``None``) on simulated polyDT stacks (0.09 vs 0.44 px RMS).
 
     Returns
     -------
@@ -186,8 +302,8 @@ def rigid_shift(reference, moving, *, upsample_factor=20, window_alpha=0.3, norm
         at ``p + d`` in ``moving`` (content moved by ``+d``; ``moving`` is
         approximately ``scipy.ndimage.shift(reference, d)``). This is the
         simulator's ``shift_zyx_px`` and the **negative** of
-        ``phase_cross_correlation(reference, moving)[0]``. Register ``moving``
-        with ``apply_transform(moving, d)``.
+        ``skimage.registration.phase_cross_correlation(reference, moving)[0]``.
+        Register ``moving`` with ``apply_transform(moving, d)``.
 
     Raises
     ------
@@ -199,18 +315,14 @@ def rigid_shift(reference, moving, *, upsample_factor=20, window_alpha=0.3, norm
     -----
     Preprocessing: each image is converted to float32, its median (the
     background) subtracted, multiplied by the Tukey window and its mean
-    removed. The FFTs run in single precision; peak memory is about 5 complex64
-    copies of the volume (2 forward transforms, their product, its inverse).
+    removed. The FFTs run in single precision (:class:`PhaseCorrelator`, which
+    also registers many images against one reference); peak memory is about
+    three complex64 half spectra of the volume plus a float32 copy.
     """
-    from skimage.registration import phase_cross_correlation
-
     reference, moving = _check_pair(reference, moving, "rigid_shift")
-    _check_not_blank(reference, "rigid_shift: reference")
-    _check_not_blank(moving, "rigid_shift: moving")
-    a = _prepare_for_correlation(reference, window_alpha)
-    b = _prepare_for_correlation(moving, window_alpha)
-    found, _, _ = phase_cross_correlation(a, b, upsample_factor=upsample_factor, normalization=normalization)
-    return -np.asarray(found, dtype=np.float64) + 0.0  # + 0.0 turns -0.0 into 0.0
+    correlator = PhaseCorrelator(reference, upsample_factor=upsample_factor, window_alpha=window_alpha,
+                                 normalization=normalization)
+    return correlator.shift(moving)
 
 
 # optical flow ----------------------------------------------------------------------------------
@@ -664,12 +776,21 @@ def rigid_shift_yx(reference, moving, *, upsample_factor=20, window_alpha=0.3):
         ``(0, dy, dx)``.
     """
     reference, moving = _check_pair(reference, moving, "rigid_shift_yx")
-    sums = [np.asarray(image, dtype=np.float32).sum(axis=0, keepdims=True) for image in (reference, moving)]
-    return rigid_shift(*sums, upsample_factor=upsample_factor, window_alpha=window_alpha)
+    return PhaseCorrelator(reference, upsample_factor=upsample_factor, window_alpha=window_alpha,
+                           project_z=True).shift(moving)
+
+
+def round_correlator(reference, *, upsample_factor=20, rigid_crop_yx=None):
+    """The :class:`PhaseCorrelator` :func:`register_round` estimates a round's rigid shift with: on the central
+    ``rigid_crop_yx`` block, and in y/x only for a stack of ``THIN_STACK_PLANES`` planes or fewer. Build it
+    once per reference and pass it to every round's :func:`register_round`."""
+    reference = as_volume(reference, "register_round: reference")
+    return PhaseCorrelator(reference, upsample_factor=upsample_factor, crop_yx=rigid_crop_yx,
+                           project_z=reference.shape[0] <= THIN_STACK_PLANES)
 
 
 def register_round(reference, moving, *, upsample_factor=20, downsample=DEFAULT_DOWNSAMPLE, method="ilk",
-                   flow=True, metrics=True, rigid_crop_yx=None, min_flow_gain=0.0, **flow_kwargs):
+                   flow=True, metrics=True, rigid_crop_yx=None, min_flow_gain=0.0, correlator=None, **flow_kwargs):
     """Rigid shift, then optical flow, of one round's fiducial onto round 0's.
 
     A stack of ``THIN_STACK_PLANES`` planes or fewer gets a rigid y/x shift
@@ -704,6 +825,10 @@ def register_round(reference, moving, *, upsample_factor=20, downsample=DEFAULT_
     min_flow_gain : float or None, optional
         Keep the flow field only if it raises the correlation by more than
         this; None keeps it unconditionally.
+    correlator : PhaseCorrelator, optional
+        ``round_correlator(reference, upsample_factor=..., rigid_crop_yx=...)``,
+        built once for many rounds (then ``upsample_factor`` and
+        ``rigid_crop_yx`` are its own); built here if omitted.
     **flow_kwargs
         Further arguments of :func:`optical_flow_field`.
 
@@ -712,13 +837,14 @@ def register_round(reference, moving, *, upsample_factor=20, downsample=DEFAULT_
     RoundRegistration
     """
     reference, moving = _check_pair(reference, moving, "register_round")
-    crop = central_crop(reference.shape, rigid_crop_yx)
-    if reference.shape[0] <= THIN_STACK_PLANES:
-        # Too few planes for a z shift or a 3D flow: rigid in y/x only.
-        shift = rigid_shift_yx(reference[crop], moving[crop], upsample_factor=upsample_factor)
-        flow = False
-    else:
-        shift = rigid_shift(reference[crop], moving[crop], upsample_factor=upsample_factor)
+    if correlator is None:
+        correlator = round_correlator(reference, upsample_factor=upsample_factor, rigid_crop_yx=rigid_crop_yx)
+    elif correlator.shape != reference.shape:
+        raise InputError(f"register_round: the correlator was built for shape {correlator.shape}, "
+                         f"the reference has {reference.shape}")
+    shift = correlator.shift(moving)
+    # Too few planes for a z shift or a 3D flow: rigid in y/x only.
+    flow = flow and not correlator.project_z
     factors = _factors(downsample)
     field = None
     if flow:

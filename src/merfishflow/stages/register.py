@@ -26,7 +26,7 @@ from ..image.correction import to_uint16
 from ..io.metadata import Experiment, round_targets
 from ..io.naming import round_name
 from ..io.paths import DECON_DATA, FLOW_FIELD, REGISTERED_DATA, ExperimentPaths
-from ..image.registration import register_round
+from ..image.registration import register_round, round_correlator
 from ..image.stitching import MIN_PAIR_SCORE, register_tiles
 
 FLOW_DOWNSAMPLE = (1, 3, 3)
@@ -91,15 +91,18 @@ def run_register_local(experiment_dir, tile, params=RegistrationParams(), progre
     rounds = experiment.rounds
     reference_path = paths.fiducial_array(tile, rounds[0], DECON_DATA)
     reference = datastore.read_marked_array(reference_path).astype(np.float32)
+    correlator = round_correlator(reference, upsample_factor=params.upsample_factor,
+                                  rigid_crop_yx=params.rigid_crop_yx)
 
     def register(round_):
         return round_, _register_local_round(paths, experiment, tile, round_, reference, reference_path, params,
-                                             progress)
+                                             progress, correlator)
 
     return dict(map_in_threads(register, rounds, threads))
 
 
-def _register_local_round(paths, experiment, tile, round_, reference, reference_path, params, progress):
+def _register_local_round(paths, experiment, tile, round_, reference, reference_path, params, progress,
+                          correlator):
     """Register one round's fiducial onto ``reference`` (round 0's), write its field and every registered
     channel of the round; returns the rigid shift (zyx px)."""
     reference_name = str(reference_path.relative_to(paths.datastore))
@@ -110,10 +113,9 @@ def _register_local_round(paths, experiment, tile, round_, reference, reference_
         shift, extra = np.zeros(3), {"ncc_before": 1.0}
     else:
         moving = datastore.read_marked_array(fiducial_decon).astype(np.float32)
-        registration = register_round(reference, moving, upsample_factor=params.upsample_factor,
-                                      downsample=FLOW_DOWNSAMPLE, method=params.flow_method,
-                                      flow=params.optical_flow, rigid_crop_yx=params.rigid_crop_yx,
-                                      min_flow_gain=params.min_flow_gain)
+        registration = register_round(reference, moving, downsample=FLOW_DOWNSAMPLE, method=params.flow_method,
+                                      flow=params.optical_flow, min_flow_gain=params.min_flow_gain,
+                                      correlator=correlator)
         registered_fiducial = registration.registered
         if registered_fiducial is None:
             registered_fiducial = registration.apply(moving)
