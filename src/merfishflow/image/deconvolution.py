@@ -285,7 +285,7 @@ def wiener_butterworth_kernel(psf, *, alpha=WB_ALPHA, beta=WB_BETA, order=WB_ORD
     point by point. A widefield PSF has a missing cone: ``|H|`` is small but not zero at low lateral
     and non-zero axial frequencies, and dividing by it there amplifies the out-of-focus light into
     a halo that alternates in sign from plane to plane (measured on this project's widefield PSFs:
-    one iteration widened spots by 30-60 %). Here the division is by the largest ``|H|`` over the
+    one iteration widened spots by 28-82 %). Here the division is by the largest ``|H|`` over the
     axial frequencies at each lateral frequency, so the back projector is the matched one times a
     lateral gain, and never gives an axial frequency more weight than the in-focus one::
 

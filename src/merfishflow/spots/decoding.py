@@ -51,10 +51,11 @@ Algorithm
    enhanced intensity in ``b`` at its brightest voxel, minus ``background_b``,
    and ``background_b`` = the same median over spots whose codeword has ``b``
    off; stop when no scale moves by more than ``convergence_tol`` (relative).
-   A step whose largest relative change is not smaller than the previous
-   step's is halved (geometric mean of old and new scales, mean of the
-   backgrounds): on a small crop the decoded set can flip between two states
-   and the refinement would otherwise cycle between them. The brightest voxel, not the mean over the spot, because the mean depends on
+   Each time a proposed step's largest relative change is not smaller than
+   the previous proposal's, this and every later step is halved (geometric
+   interpolation of the scales, linear of the backgrounds): on a small crop
+   the decoded set can flip between two states and the refinement would
+   otherwise cycle between them. The brightest voxel, not the mean over the spot, because the mean depends on
    how far the spot extends above the magnitude threshold, which depends on
    the scale: that feedback let noise pull the scales down. A bit with fewer
    than ``min_spots_per_bit`` spots keeps its previous value. The

@@ -102,19 +102,22 @@ def _fit_normalization(cache, codewords, params, progress):
     scale, background = _initial_normalization(cache, params.init_snr)
     history = []
     converged = False
-    previous_change = math.inf
+    previous_proposal, fraction = math.inf, 1.0
     for it in range(params.n_iterations):
         spots, peaks, _ = _decode_source(from_cache, Z, (cy, cx), codewords, scale, background, params, None)
         new_scale, new_bg = _refine(spots["barcode_id"].to_numpy(), peaks[:, :n_bits], codewords, scale, background,
                                     params.min_spots_per_bit)
+        proposal = float(np.max(np.abs(new_scale / scale - 1)))
+        if proposal >= previous_proposal:
+            # No progress: the decoded set flips between states (a 2-cycle on small crops). Halve the step,
+            # for good: a full step taken again after a half one jumped straight back over the fixed point
+            # between the states (benchmarks/RESULTS.md, the Wiener–Butterworth back projector).
+            fraction /= 2
+        previous_proposal = proposal
+        if fraction < 1:        # geometric interpolation of the scales, linear of the backgrounds
+            new_scale = scale * (new_scale / scale) ** fraction
+            new_bg = background + fraction * (new_bg - background)
         change = float(np.max(np.abs(new_scale / scale - 1)))
-        if change >= previous_change:
-            # No progress: the decoded set flips between two states (a 2-cycle on small crops). Take half
-            # the step (geometric mean of the scales, mean of the backgrounds) so that the fixed point
-            # between them is approached instead of jumped over.
-            new_scale = np.sqrt(new_scale * scale)
-            new_bg = 0.5 * (new_bg + background)
-        previous_change = change
         history.append({"iteration": it, "scale": scale.tolist(), "background": background.tolist(),
                         "n_spots": int(len(spots)), "max_rel_change": change})
         if progress is not None:
