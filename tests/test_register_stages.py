@@ -81,8 +81,11 @@ def test_deconvolved_data_is_recorded(demo_run):
     assert attrs["dtype"] == "<u2" and attrs["backend"] == "numpy"
     corrected = datastore.read_array(paths.readout_group("tile0000", "bit003"), "corrected_data").astype(float)
     decon = datastore.read_marked_array(paths.readout_array("tile0000", "bit003", DECON_DATA)).astype(float)
-    # Richardson-Lucy keeps the flux (up to the borders) and makes the image spikier.
-    assert decon.sum() == pytest.approx(corrected.sum(), rel=0.05)
+    # The default Wiener-Butterworth back projector makes the image spikier. It does not keep the flux as
+    # matched Richardson-Lucy does (tests/test_deconvolution.py): the sharpened background noise, clipped
+    # at 0, adds to it (+23 % on this demo tile, docs/datastore.md). It must never lose flux.
+    assert attrs["parameters"]["back_projector"] == "wiener_butterworth"
+    assert 0.98 * corrected.sum() <= decon.sum() <= 1.3 * corrected.sum()
     assert decon.max() > 1.5 * corrected.max()
 
 

@@ -40,7 +40,7 @@ convolution with the kernel of :func:`wiener_butterworth_kernel`, an *unmatched*
 its resolution limit. About 3 iterations then sharpen spots as much as 20 accelerated matched ones
 (benchmarks/RESULTS.md). The FFTs per iteration are the same. The kernel has negative lobes, so the
 estimate is clipped at 0 after every iteration, and the flux is no longer kept exactly: the sharpened
-background noise, clipped, adds to it (6-20 % on sparse simulated spots).
+background noise, clipped, adds to it (6-23 % on sparse simulated spots and the demo).
 
 Boundaries and tiling
 ---------------------
