@@ -58,6 +58,7 @@ __all__ = [
     "optical_flow_field",
     "register_round",
     "rigid_shift",
+    "round_correlator",
     "total_displacement",
     "upsample_field",
 ]
