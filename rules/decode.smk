@@ -8,8 +8,8 @@ rule decode:
         PIPELINE.decoded_tile(),
     params:
         decoding=PIPELINE.decoding_params(),
-    # One thread: decoding uses ~1.2 cores on two, and on one the job runs beside the tile's segmentation
-    # (or another tile's decoding) instead of holding both cores (benchmarks/RESULTS.md).
+    # One thread: a second one gains decoding little, and on one the job runs beside the tile's
+    # segmentation (or another tile's decoding) instead of holding both cores (benchmarks/RESULTS.md).
     threads: 1
     log:
         PIPELINE.log("decode", "{tile}"),

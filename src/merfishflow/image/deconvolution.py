@@ -40,7 +40,7 @@ convolution with the kernel of :func:`wiener_butterworth_kernel`, an *unmatched*
 its resolution limit. About 3 iterations then sharpen spots as much as 20 accelerated matched ones
 (benchmarks/RESULTS.md). The FFTs per iteration are the same. The kernel has negative lobes, so the
 estimate is clipped at 0 after every iteration, and the flux is no longer kept exactly: the sharpened
-background noise, clipped, adds to it (6-23 % on sparse simulated spots and the demo).
+background noise, clipped, adds to it (how much: benchmarks/RESULTS.md).
 
 Boundaries and tiling
 ---------------------
@@ -284,10 +284,11 @@ def wiener_butterworth_kernel(psf, *, alpha=WB_ALPHA, beta=WB_BETA, order=WB_ORD
     Their Wiener filter ``conj(H) / (|H|**2 + alpha)`` divides by the transfer function ``H``
     point by point. A widefield PSF has a missing cone: ``|H|`` is small but not zero at low lateral
     and non-zero axial frequencies, and dividing by it there amplifies the out-of-focus light into
-    a halo that alternates in sign from plane to plane (measured on this project's widefield PSFs:
-    one iteration widened spots by 28-82 %). Here the division is by the largest ``|H|`` over the
-    axial frequencies at each lateral frequency, so the back projector is the matched one times a
-    lateral gain, and never gives an axial frequency more weight than the in-focus one::
+    a halo that alternates in sign from plane to plane (on this project's widefield PSFs one iteration
+    widened spots instead of sharpening them: benchmarks/RESULTS.md). Here the division is by the
+    largest ``|H|`` over the axial frequencies at each lateral frequency, so the back projector is the
+    matched one times a lateral gain, and never gives an axial frequency more weight than the in-focus
+    one::
 
         M(ky, kx) = max over kz of |H(kz, ky, kx)|          (H normalised to a peak of 1)
         B = conj(H) / (M**2 + alpha) / sqrt(1 + e * w**order),   w = ((ky**2 + kx**2) * fwhm**2)
@@ -878,9 +879,8 @@ def richardson_lucy(image, psf, n_iter=50, *, stop_tolerance=None, acceleration=
     >>> psf = widefield_psf((0.31, 0.108, 0.108), 0.59, 1.3, 1.4)
     >>> out = richardson_lucy(image, psf, 50, tile_yx=512)            # doctest: +SKIP
     """
-    n_iter, stop_tolerance, workers = _check_options(n_iter, stop_tolerance, acceleration, pad_mode, workers)
-    if back_projector not in BACK_PROJECTORS:
-        raise InputError(f"back_projector={back_projector!r} must be one of {BACK_PROJECTORS}")
+    n_iter, stop_tolerance, workers = _check_options(n_iter, stop_tolerance, acceleration, back_projector,
+                                                     pad_mode, workers)
     image = np.asarray(image)
     psf = _check_psf(psf)
     z_boundary = _resolve_z_boundary(z_boundary, psf)
@@ -921,7 +921,7 @@ def richardson_lucy(image, psf, n_iter=50, *, stop_tolerance=None, acceleration=
     return out
 
 
-def _check_options(n_iter, stop_tolerance, acceleration, pad_mode, workers):
+def _check_options(n_iter, stop_tolerance, acceleration, back_projector, pad_mode, workers):
     """Validated ``(n_iter, stop_tolerance, workers)`` of :func:`richardson_lucy`."""
     if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 1:
         raise InputError(f"n_iter={n_iter!r} must be an integer >= 1")
@@ -934,6 +934,8 @@ def _check_options(n_iter, stop_tolerance, acceleration, pad_mode, workers):
             raise InputError(f"stop_tolerance={stop_tolerance!r} must be a positive number or None")
     if acceleration not in ACCELERATIONS:
         raise InputError(f"acceleration={acceleration!r} must be one of {ACCELERATIONS}")
+    if back_projector not in BACK_PROJECTORS:
+        raise InputError(f"back_projector={back_projector!r} must be one of {BACK_PROJECTORS}")
     if pad_mode not in PAD_MODES:
         raise InputError(f"pad_mode={pad_mode!r} must be one of {PAD_MODES}")
     if workers is None:

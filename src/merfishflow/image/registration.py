@@ -87,12 +87,16 @@ def as_volume(image, name):
     return image
 
 
+def _check_same_shape(reference_shape, moving_shape, caller):
+    if tuple(reference_shape) != tuple(moving_shape):
+        raise InputError(f"{caller}: reference and moving images must have the same shape, got "
+                         f"{tuple(reference_shape)} and {tuple(moving_shape)}")
+
+
 def _check_pair(reference, moving, caller):
     reference = as_volume(reference, f"{caller}: reference")
     moving = as_volume(moving, f"{caller}: moving")
-    if reference.shape != moving.shape:
-        raise InputError(f"{caller}: reference and moving images must have the same shape, got "
-                         f"{reference.shape} and {moving.shape}")
+    _check_same_shape(reference.shape, moving.shape, caller)
     return reference, moving
 
 
@@ -214,9 +218,7 @@ class PhaseCorrelator:
     def shift(self, moving):
         """``shift_zyx_px`` of ``moving`` (its content moved by it from the reference; see :func:`rigid_shift`)."""
         moving = as_volume(moving, "rigid_shift: moving")
-        if moving.shape != self.shape:
-            raise InputError(f"rigid_shift: reference and moving images must have the same shape, got "
-                             f"{self.shape} and {moving.shape}")
+        _check_same_shape(self.shape, moving.shape, "rigid_shift")
         moving = moving[self.crop]
         _check_not_blank(moving, "rigid_shift: moving")
         prepared = self._prepare(moving)
@@ -293,8 +295,8 @@ def rigid_shift(reference, moving, *, upsample_factor=20, window_alpha=0.3, norm
         window). The taper keeps content that enters or leaves the field of
         view from biasing the estimate toward zero.
     normalization : {"phase", None}, optional
-        ``"phase"`` (whitened spectrum) was about 5x more accurate than plain
-        cross-correlation (``None``) on simulated polyDT stacks (0.09 vs 0.44 px RMS).
+        ``"phase"`` (whitened spectrum) was more accurate than plain
+        cross-correlation (``None``) on simulated polyDT stacks (benchmarks/RESULTS.md).
 
     Returns
     -------

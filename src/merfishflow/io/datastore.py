@@ -25,9 +25,8 @@ from ..errors import IncompleteDataError, InputError
 from .fileio import canonical_json, write_text
 
 ZARR_FORMAT = 2
-# zstd level 3 (zstd's own default): on 9 x 1024^2 uint16 volumes it writes in half level 5's time (0.04 vs
-# 0.08 s deconvolved, 0.08 vs 0.16 s registered) for 0.3-0.7 % more bytes; reading is the same
-# (benchmarks/RESULTS.md, "the Wiener–Butterworth back projector").
+# zstd level 3 (zstd's own default): it wrote in half level 5's time for under 1 % more bytes, reading the
+# same (benchmarks/RESULTS.md, "the Wiener–Butterworth back projector").
 COMPRESSOR = {"id": "blosc", "cname": "zstd", "clevel": 3, "shuffle": 2, "blocksize": 0}
 MARKER = ".zattrs"
 ARRAY_DIMENSIONS = "_ARRAY_DIMENSIONS"
